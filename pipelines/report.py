@@ -1,0 +1,290 @@
+"""The report stage: one offline HTML page over every evaluated model.
+
+Reads eval/<dataset>/<model>/metrics.json and the PNGs beside it, and
+models/<dataset>/<model>/curves.tsv, and writes report/index.html with every
+PNG it shows copied beside it (relative links, no scripts, no web fonts or
+CDN), so the folder opens from disk and can be archived or mailed as is:
+
+- one table of every metric of every model on every data set;
+- per data set, the figures of two models side by side (vhp against the iwae
+  baseline by default, as in the paper's figures), other models folded below;
+- per data set, training curves (lambda, C_hat, loss terms against step).
+
+The page is built in a temporary folder beside ``out_dir`` and swapped into
+place, so a reader never sees a half-written report.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipelines.figures import training_curves_figure
+
+# Figures of one evaluated model, in page order, with captions.
+FIGURES: tuple[tuple[str, str], ...] = (
+    ("latent_map.png", "Encoded test data over the magnification factor (log scale; darker = larger)"),
+    ("interpolation.png", "Graph-based interpolation (solid) against the straight line (dashed)"),
+    ("interpolation_frames.png", "Decoded frames along the graph path and along the straight line"),
+    ("reconstructions.png", "Test data and reconstructions"),
+    ("prior_samples.png", "Samples from the learned prior, decoded"),
+)
+
+# Metric rows of the table, in order, with a short definition (pipelines/METRICS.md has the long ones).
+# Keys not listed here but present in a metrics.json follow, alphabetically.
+METRIC_ROWS: tuple[tuple[str, str], ...] = (
+    ("test_log_likelihood", "log p(x) by importance sampling, nats per test point (higher is better)"),
+    ("test_log_likelihood_stderr", "standard error of that mean over test points"),
+    ("ll_samples", "S: importance samples per test point"),
+    ("ll_inner_samples", "K_eval: inner samples of zeta for the hierarchical prior's p(z)"),
+    ("ll_n_points", "test points in the log-likelihood estimate"),
+    ("elbo", "evidence lower bound per test point (hierarchical prior: with F)"),
+    ("reconstruction", "C: per-dimension reconstruction error"),
+    ("nll", "-log p(x|z), summed over dimensions"),
+    ("regulariser", "KL(q || p) (N(0,I) prior) or E[log q - F] (hierarchical prior)"),
+    ("active_units", "latent dimensions with Cov_x(E_q[z]) > 0.01"),
+    ("latent_dim", "latent dimensions"),
+    ("final_lambda", "lambda at the end of training"),
+    ("final_c_hat", "C_hat (moving average of C) at the end of training"),
+    ("knn_accuracy", "kNN motion-type accuracy in latent space, train -> test"),
+    ("trajectory_smoothness", "median consecutive-frame latent step / median pairwise distance (lower is smoother)"),
+    ("r2_azimuth", "held-out R^2 of a linear read-out of azimuth from z"),
+    ("r2_elevation", "held-out R^2 of a linear read-out of elevation from z"),
+    ("r2_light", "held-out R^2 of a linear read-out of the light direction from z"),
+    ("mf_fraction", "fraction of test points with MF above the q-quantile of MF over the data's bounding box"),
+    ("interp_length_ratio", "median data-space length of graph path / straight line (lower: shorter path)"),
+    ("interp_max_mf_graph", "median over pairs of the largest MF along the graph path"),
+    ("interp_max_mf_line", "median over pairs of the largest MF along the straight line"),
+    ("interp_pairs", "endpoint pairs with a graph path"),
+    ("n_test", "test points"),
+)
+HIDDEN_KEYS = frozenset({"dataset", "model"})
+
+
+@dataclass(frozen=True)
+class ReportParams:
+    """Knobs of the report stage (params.yaml section ``report:``)."""
+
+    title: str = "VHP-VAE: evaluation report"
+    compare: tuple[str, ...] = ("vhp", "iwae")  # models shown side by side, left to right
+    curve_smoothing: int = 20  # moving-average window (steps) for training curves
+    max_curve_points: int = 5000  # curves are thinned to at most this many rows per model
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "compare", tuple(self.compare))
+        if self.curve_smoothing < 1:
+            raise ValueError(f"curve_smoothing must be >= 1, got {self.curve_smoothing}")
+        if self.max_curve_points < 2:
+            raise ValueError(f"max_curve_points must be >= 2, got {self.max_curve_points}")
+
+
+def read_curves(path: Path, max_points: int | None = None) -> dict[str, np.ndarray]:
+    """curves.tsv -> column name -> float array (thinned evenly to max_points rows, last row kept)."""
+    with open(path, newline="") as handle:
+        reader = csv.reader(handle, delimiter="\t")
+        header = next(reader, None)
+        if header is None:
+            return {}
+        rows = [row for row in reader if len(row) == len(header)]
+
+    def number(cell: str) -> float:
+        try:
+            return float(cell)
+        except ValueError:
+            return math.nan
+
+    table = np.asarray([[number(c) for c in row] for row in rows], dtype=np.float64).reshape(-1, len(header))
+    if max_points is not None and len(table) > max_points:
+        keep = np.unique(np.linspace(0, len(table) - 1, max_points).round().astype(int))
+        table = table[keep]
+    return {name: table[:, i] for i, name in enumerate(header)}
+
+
+def _read_metrics(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        return {"error": f"unreadable {path.name}: {err}"}
+    return data if isinstance(data, dict) else {"error": f"{path.name} is not a JSON object"}
+
+
+def _model_order(models: list[str], compare: tuple[str, ...]) -> list[str]:
+    first = [m for m in compare if m in models]
+    return first + sorted(m for m in models if m not in first)
+
+
+def _format(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "—"
+        if math.isinf(value):
+            return "∞" if value > 0 else "−∞"
+        return f"{value:.4g}"
+    return html.escape(str(value))
+
+
+def _is_scalar(value: Any) -> bool:
+    return value is None or isinstance(value, (int, float, str, bool))
+
+
+def _copy(src: Path, dst_root: Path, rel: Path) -> str:
+    dst = dst_root / rel
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, dst)
+    return rel.as_posix()
+
+
+CSS = """
+body { font-family: sans-serif; margin: 1.5em auto; max-width: 1350px; color: #222; }
+h1 { font-size: 1.5em; } h2 { margin-top: 1.8em; border-bottom: 1px solid #ccc; }
+table.metrics { border-collapse: collapse; font-size: 0.82em; }
+table.metrics th, table.metrics td { border: 1px solid #ccc; padding: 3px 6px; text-align: right; }
+table.metrics th.metric, table.metrics td.metric { text-align: left; white-space: nowrap; }
+table.metrics thead th { background: #f0f0f0; }
+table.metrics tbody tr:nth-child(even) { background: #fafafa; }
+.scroll { overflow-x: auto; }
+.pair { display: grid; grid-template-columns: repeat(var(--n), 1fr); gap: 12px; align-items: start; }
+.pair figure { margin: 0; } .pair img, .curves img { width: 100%; height: auto; border: 1px solid #eee; }
+figcaption, .caption { font-size: 0.85em; color: #555; margin: 0.3em 0 0.6em 0; }
+.missing { color: #999; font-style: italic; font-size: 0.85em; padding: 2em 0; text-align: center;
+           border: 1px dashed #ccc; }
+dl.defs dt { font-family: monospace; margin-top: 0.4em; } dl.defs dd { margin-left: 1.5em; color: #444; }
+details { margin: 1em 0; } summary { cursor: pointer; font-weight: bold; }
+"""
+
+
+def _figure_rows(dataset: str, models: list[str], eval_root: Path, out: Path) -> list[str]:
+    parts: list[str] = []
+    for name, caption in FIGURES:
+        available = [(m, eval_root / dataset / m / name) for m in models]
+        if not any(path.is_file() for _, path in available):
+            continue
+        parts.append(f'<p class="caption">{html.escape(caption)}</p>')
+        parts.append(f'<div class="pair" style="--n: {len(models)}">')
+        for model, path in available:
+            if path.is_file():
+                rel = _copy(path, out, Path("figures") / dataset / model / name)
+                parts.append(
+                    f'<figure><img src="{html.escape(rel)}" alt="{html.escape(f"{name} of {model} on {dataset}")}">'
+                    f"<figcaption>{html.escape(model)}</figcaption></figure>"
+                )
+            else:
+                parts.append(f'<div class="missing">{html.escape(model)}: no {html.escape(name)}</div>')
+        parts.append("</div>")
+    return parts
+
+
+def _metrics_table(metrics: dict[str, dict[str, dict[str, Any]]], compare: tuple[str, ...]) -> list[str]:
+    columns = [(d, m) for d in sorted(metrics) for m in _model_order(list(metrics[d]), compare)]
+    present = {k for d in metrics.values() for mm in d.values() for k, v in mm.items() if _is_scalar(v)}
+    known = [k for k, _ in METRIC_ROWS if k in present]
+    extra = sorted(present - set(known) - HIDDEN_KEYS)
+    definitions = dict(METRIC_ROWS)
+    rows = ['<div class="scroll"><table class="metrics">', "<thead><tr><th class=\"metric\">data set</th>"]
+    for dataset in sorted(metrics):
+        rows.append(f'<th colspan="{len(metrics[dataset])}">{html.escape(dataset)}</th>')
+    rows.append('</tr><tr><th class="metric">metric \\ model</th>')
+    rows += [f"<th>{html.escape(m)}</th>" for _, m in columns]
+    rows.append("</tr></thead><tbody>")
+    for key in known + extra:
+        title = html.escape(definitions.get(key, ""), quote=True)
+        rows.append(f'<tr><td class="metric" title="{title}">{html.escape(key)}</td>')
+        rows += [f"<td>{_format(metrics[d][m].get(key))}</td>" for d, m in columns]
+        rows.append("</tr>")
+    rows.append("</tbody></table></div>")
+    rows.append('<details><summary>Definitions</summary><dl class="defs">')
+    for key in known:
+        rows.append(f"<dt>{html.escape(key)}</dt><dd>{html.escape(definitions[key])}</dd>")
+    rows.append("</dl></details>")
+    return rows
+
+
+def _render(eval_root: Path, models_root: Path, out: Path, params: ReportParams) -> None:
+    metrics: dict[str, dict[str, dict[str, Any]]] = {}
+    if eval_root.is_dir():
+        for path in sorted(eval_root.glob("*/*/metrics.json")):
+            metrics.setdefault(path.parent.parent.name, {})[path.parent.name] = _read_metrics(path)
+    curves: dict[str, dict[str, dict[str, np.ndarray]]] = {}
+    if models_root.is_dir():
+        for path in sorted(models_root.glob("*/*/curves.tsv")):
+            table = read_curves(path, params.max_curve_points)
+            if table:
+                curves.setdefault(path.parent.parent.name, {})[path.parent.name] = table
+
+    body: list[str] = [f"<h1>{html.escape(params.title)}</h1>"]
+    datasets = sorted(set(metrics) | set(curves))
+    if not datasets:
+        body.append(f"<p>No evaluated models found under {html.escape(str(eval_root))}.</p>")
+    else:
+        body.append("<p>Data sets: " + ", ".join(
+            f'<a href="#{html.escape(d)}">{html.escape(d)}</a>' for d in datasets) + "</p>")
+    if metrics:
+        body.append("<h2>Metrics</h2>")
+        body += _metrics_table(metrics, params.compare)
+
+    for dataset in datasets:
+        body.append(f'<h2 id="{html.escape(dataset)}">{html.escape(dataset)}</h2>')
+        evaluated = _model_order(list(metrics.get(dataset, {})), params.compare)
+        side = [m for m in params.compare if m in evaluated] or evaluated[:2]
+        if side:
+            body.append(f"<h3>{' vs '.join(html.escape(m) for m in side)}</h3>")
+            body += _figure_rows(dataset, side, eval_root, out)
+        for model in [m for m in evaluated if m not in side]:
+            body.append(f"<details><summary>{html.escape(model)}</summary>")
+            body += _figure_rows(dataset, [model], eval_root, out)
+            body.append("</details>")
+        if dataset in curves:
+            ordered = {m: curves[dataset][m] for m in _model_order(list(curves[dataset]), params.compare)}
+            rel = Path("figures") / dataset / "training_curves.png"
+            training_curves_figure(out / rel, ordered, smoothing=params.curve_smoothing,
+                                   title=f"training curves on {dataset} (moving average over "
+                                         f"{params.curve_smoothing} logged rows)")
+            body.append("<h3>Training curves</h3>")
+            body.append(f'<div class="curves"><img src="{rel.as_posix()}" alt="training curves on '
+                        f'{html.escape(dataset)}"></div>')
+
+    page = (
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        f"<title>{html.escape(params.title)}</title><style>{CSS}</style></head>\n<body>\n"
+        + "\n".join(body)
+        + "\n</body></html>\n"
+    )
+    (out / "index.html").write_text(page, encoding="utf-8")
+
+
+def build_report(eval_root: Path, models_root: Path, out_dir: Path, params: ReportParams) -> Path:
+    """Write out_dir/index.html (and its PNGs) from eval_root and models_root; returns the index path."""
+    eval_root, models_root, out_dir = Path(eval_root), Path(models_root), Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        _render(eval_root, models_root, staging, params)
+        os.chmod(staging, 0o755)  # mkdtemp makes it private; the report is for reading
+        # Swap the finished folder into place: the old report stays whole until the rename.
+        retired = None
+        if out_dir.exists():
+            retired = out_dir.with_name(f".{out_dir.name}.old.{os.getpid()}")
+            os.replace(out_dir, retired)
+        os.replace(staging, out_dir)
+        if retired is not None:
+            shutil.rmtree(retired, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out_dir / "index.html"

@@ -1,0 +1,636 @@
+"""Acclaim ASF skeletons and AMC motions (the CMU Graphics Lab format), and forward kinematics.
+
+Based on the Acclaim format description as used by the CMU Motion Capture Database
+(M. Schafer, "Acclaim Skeleton File Definition V1.10", 1994; the CMU "ASF/AMC" notes
+at research.cs.wisc.edu/graphics/Courses/cs-838-1999/Jeff/ASF-AMC.html):
+
+* ASF: ``:units`` (length scale, angle unit), ``:root`` (``order`` of the root's six
+  channels, ``axis``, rest ``position``/``orientation``), ``:bonedata`` (per bone:
+  ``direction`` in world coordinates, ``length``, ``axis`` angles + rotation order of
+  the bone's local frame, ``dof`` channels, ``limits``) and ``:hierarchy``.
+* AMC: optional ``:FULLY-SPECIFIED``, ``:DEGREES``/``:RADIANS`` header, then frames:
+  a line with the frame number, then one line ``<bone> <values...>`` for every bone
+  with degrees of freedom, in any order.
+
+Forward kinematics follow the CMU convention: a bone's rotation relative to its parent is
+``C M C^-1`` with ``C`` the rotation of its ``axis`` line and ``M`` the product of its
+dof rotations applied in the listed order; its end point is the parent's end point plus
+the global rotation applied to ``length * direction``.
+
+The AMC reader validates every frame against the skeleton (each bone with degrees of
+freedom present exactly once, the right number of values, only decimal numbers,
+consecutive frame numbers) and does so with vectorised NumPy over the whole file
+(``textscan``), at a few microseconds a frame.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from preprocessing.errors import MocapFormatError
+from preprocessing.textscan import Scan, parse_decimals, scan
+
+ROTATION_DOFS = ("rx", "ry", "rz")
+TRANSLATION_DOFS = ("tx", "ty", "tz")
+_KNOWN_DOFS = ROTATION_DOFS + TRANSLATION_DOFS + ("l",)
+_DEGREE_WORDS = ("deg", "degree", "degrees")
+
+
+@dataclass(frozen=True)
+class Bone:
+    name: str
+    parent: str
+    direction: tuple[float, float, float]  # unit vector, world coordinates at rest
+    length: float  # in ASF length units (before dividing by units.length)
+    axis: tuple[float, float, float]  # angles of the bone's local frame (ASF angle unit)
+    axis_order: str  # e.g. 'XYZ': rotate about X first
+    dof: tuple[str, ...]  # channels in the order they appear in the AMC, e.g. ('rx', 'ry', 'rz')
+    limits: tuple[tuple[float, float], ...] = ()
+
+
+@dataclass(frozen=True)
+class Skeleton:
+    name: str
+    length_unit: float  # ASF ':units length' (CMU: 0.45, i.e. lengths are inches * 0.45)
+    angle_unit: str  # 'deg' | 'rad' (unit of axis angles; default for AMC values)
+    root_order: tuple[str, ...]  # e.g. ('tx', 'ty', 'tz', 'rx', 'ry', 'rz')
+    root_axis: str  # e.g. 'XYZ'
+    root_position: tuple[float, float, float]
+    root_orientation: tuple[float, float, float]
+    bones: tuple[Bone, ...]  # parents before children
+    source: str = ""
+    _index: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._index.update({b.name: i for i, b in enumerate(self.bones)})
+
+    @property
+    def joint_names(self) -> list[str]:
+        """Joints of the stick figure: the root, then the end point of every bone."""
+        return ["root"] + [b.name for b in self.bones]
+
+    def dof_names(self) -> list[str]:
+        """Every channel of an AMC frame as '<bone>.<dof>', root first, ASF bone order."""
+        names = [f"root.{d}" for d in self.root_order]
+        for bone in self.bones:
+            names += [f"{bone.name}.{d}" for d in bone.dof]
+        return names
+
+    def edges(self) -> list[tuple[int, int]]:
+        """(parent joint, child joint) index pairs into ``joint_names``."""
+        joints = {name: i for i, name in enumerate(self.joint_names)}
+        return [(joints[b.parent], joints[b.name]) for b in self.bones]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able description (stored in the zarr attributes)."""
+        return {
+            "name": self.name,
+            "units": {"length": self.length_unit, "angle": self.angle_unit},
+            "position_unit": "ASF length / units.length (inches for CMU)",
+            "root": {
+                "order": list(self.root_order),
+                "axis": self.root_axis,
+                "position": list(self.root_position),
+                "orientation": list(self.root_orientation),
+            },
+            "bones": [
+                {
+                    "name": b.name,
+                    "parent": b.parent,
+                    "direction": list(b.direction),
+                    "length": b.length,
+                    "axis": list(b.axis),
+                    "axis_order": b.axis_order,
+                    "dof": list(b.dof),
+                    "limits": [list(lim) for lim in b.limits],
+                }
+                for b in self.bones
+            ],
+            "joint_names": self.joint_names,
+            "edges": [list(e) for e in self.edges()],
+            "source": self.source,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Skeleton":
+        return cls(
+            name=d["name"],
+            length_unit=float(d["units"]["length"]),
+            angle_unit=d["units"]["angle"],
+            root_order=tuple(d["root"]["order"]),
+            root_axis=d["root"]["axis"],
+            root_position=tuple(d["root"]["position"]),
+            root_orientation=tuple(d["root"]["orientation"]),
+            bones=tuple(
+                Bone(
+                    name=b["name"],
+                    parent=b["parent"],
+                    direction=tuple(b["direction"]),
+                    length=float(b["length"]),
+                    axis=tuple(b["axis"]),
+                    axis_order=b["axis_order"],
+                    dof=tuple(b["dof"]),
+                    limits=tuple(tuple(lim) for lim in b["limits"]),
+                )
+                for b in d["bones"]
+            ),
+            source=d.get("source", ""),
+        )
+
+
+@dataclass(frozen=True)
+class Motion:
+    """The frames of one AMC file, as written in it."""
+
+    path: str
+    values: np.ndarray  # (frames, dofs) float64, columns as ``dof_names``
+    frame_numbers: np.ndarray  # (frames,) int64, as in the file
+    dof_names: tuple[str, ...]
+    angle_unit: str  # 'deg' | 'rad'
+
+    def in_degrees(self) -> np.ndarray:
+        """``values`` with rotation channels in degrees (translations unchanged)."""
+        if self.angle_unit == "deg":
+            return self.values
+        out = self.values.copy()
+        rot = [i for i, n in enumerate(self.dof_names) if n.rsplit(".", 1)[1] in ROTATION_DOFS]
+        out[:, rot] = np.degrees(out[:, rot])
+        return out
+
+
+# --------------------------------------------------------------------------- ASF
+
+
+def _read_text(path: Path) -> str:
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise MocapFormatError(path, None, f"cannot read file ({err.strerror or err})") from err
+    return data.decode("latin-1")
+
+
+def _floats(path: Path, line: int, words: list[str], count: int, what: str) -> tuple[float, ...]:
+    if len(words) != count:
+        raise MocapFormatError(path, line, f"{what}: expected {count} numbers, found {len(words)}")
+    try:
+        values = tuple(float(w) for w in words)
+    except ValueError:
+        raise MocapFormatError(path, line, f"{what}: not a number in {' '.join(words)!r}") from None
+    if not all(np.isfinite(values)):
+        raise MocapFormatError(path, line, f"{what}: non-finite number in {' '.join(words)!r}")
+    return values
+
+
+def _rotation_order(path: Path, line: int, word: str) -> str:
+    order = word.upper()
+    if sorted(order) != ["X", "Y", "Z"]:
+        raise MocapFormatError(path, line, f"rotation order {word!r} is not a permutation of XYZ")
+    return order
+
+
+def parse_asf(path: Path | str) -> Skeleton:
+    """Read an ASF skeleton; raises ``MocapFormatError(path, line, problem)``."""
+    path = Path(path)
+    lines = [ln.split("#", 1)[0].split() for ln in _read_text(path).splitlines()]
+    sections: dict[str, list[tuple[int, list[str]]]] = {}
+    current = None
+    for number, words in enumerate(lines, start=1):
+        if not words:
+            continue
+        if words[0].startswith(":"):
+            current = words[0][1:].lower()
+            if current in sections and current in ("root", "bonedata", "hierarchy", "units"):
+                raise MocapFormatError(path, number, f"section ':{current}' appears twice")
+            sections.setdefault(current, []).append((number, words[1:]))
+            continue
+        if current is None:
+            raise MocapFormatError(path, number, f"text before the first section: {' '.join(words)!r}")
+        sections[current].append((number, words))
+    for needed in ("root", "bonedata", "hierarchy"):
+        if needed not in sections:
+            raise MocapFormatError(path, None, f"missing section ':{needed}'")
+
+    name = " ".join(sections.get("name", [(0, ["unnamed"])])[0][1]) or "unnamed"
+    length_unit, angle_unit = 1.0, "deg"
+    for number, words in sections.get("units", [])[1:]:
+        if words[0] == "length":
+            length_unit = _floats(path, number, words[1:], 1, "units length")[0]
+            if length_unit <= 0:
+                raise MocapFormatError(path, number, "units length must be positive")
+        elif words[0] == "angle":
+            if len(words) != 2 or words[1].lower() not in _DEGREE_WORDS + ("rad", "radian", "radians"):
+                raise MocapFormatError(path, number, f"units angle must be deg or rad, got {' '.join(words[1:])!r}")
+            angle_unit = "deg" if words[1].lower() in _DEGREE_WORDS else "rad"
+
+    root_order: tuple[str, ...] | None = None
+    root_axis, root_position, root_orientation = "XYZ", (0.0, 0.0, 0.0), (0.0, 0.0, 0.0)
+    root_line = sections["root"][0][0]
+    for number, words in sections["root"][1:]:
+        key = words[0].lower()
+        if key == "order":
+            root_order = tuple(w.lower() for w in words[1:])
+            unknown = [d for d in root_order if d not in ROTATION_DOFS + TRANSLATION_DOFS]
+            if unknown or len(set(root_order)) != len(root_order):
+                raise MocapFormatError(path, number, f"root order {' '.join(words[1:])!r}: channels must be distinct TX TY TZ RX RY RZ")
+        elif key == "axis":
+            if len(words) != 2:
+                raise MocapFormatError(path, number, "root axis needs one rotation order such as XYZ")
+            root_axis = _rotation_order(path, number, words[1])
+        elif key == "position":
+            root_position = _floats(path, number, words[1:], 3, "root position")
+        elif key == "orientation":
+            root_orientation = _floats(path, number, words[1:], 3, "root orientation")
+    if root_order is None:
+        raise MocapFormatError(path, root_line, "root has no 'order' line")
+
+    bones: dict[str, dict[str, Any]] = {}
+    block: dict[str, Any] | None = None
+    key = None
+    for number, words in sections["bonedata"][1:]:
+        head = words[0].lower()
+        if head == "begin":
+            if block is not None:
+                raise MocapFormatError(path, number, "'begin' inside a bone (missing 'end')")
+            block, key = {"line": number, "limits": []}, None
+            continue
+        if block is None:
+            raise MocapFormatError(path, number, f"bone data outside begin/end: {' '.join(words)!r}")
+        if head == "end":
+            for needed in ("name", "direction", "length", "axis"):
+                if needed not in block:
+                    raise MocapFormatError(path, number, f"bone {block.get('name', '?')!r} has no '{needed}'")
+            dof = block.get("dof", ())
+            if block["limits"] and len(block["limits"]) != len(dof):
+                raise MocapFormatError(path, number, f"bone {block['name']!r}: {len(block['limits'])} limits for {len(dof)} dof")
+            if block["name"] in bones or block["name"] == "root":
+                raise MocapFormatError(path, number, f"bone {block['name']!r} defined twice")
+            bones[block["name"]] = block
+            block = None
+            continue
+        if head == "id":
+            key = None
+        elif head == "name":
+            if len(words) != 2:
+                raise MocapFormatError(path, number, "a bone name must be one word")
+            block["name"], key = words[1], None
+        elif head == "direction":
+            block["direction"], key = _floats(path, number, words[1:], 3, "direction"), None
+        elif head == "length":
+            block["length"], key = _floats(path, number, words[1:], 1, "length")[0], None
+        elif head == "axis":
+            if len(words) != 5:
+                raise MocapFormatError(path, number, "axis needs three angles and a rotation order")
+            block["axis"] = _floats(path, number, words[1:4], 3, "axis")
+            block["axis_order"], key = _rotation_order(path, number, words[4]), None
+        elif head == "dof":
+            dof = tuple(w.lower() for w in words[1:])
+            unknown = [d for d in dof if d not in _KNOWN_DOFS]
+            if unknown or len(set(dof)) != len(dof) or not dof:
+                raise MocapFormatError(path, number, f"dof {' '.join(words[1:])!r}: channels must be distinct rx ry rz tx ty tz l")
+            if any(d not in ROTATION_DOFS for d in dof):
+                raise MocapFormatError(path, number, f"dof {' '.join(words[1:])!r}: only rotations (rx ry rz) are supported for bones")
+            block["dof"], key = dof, None
+        elif head == "limits" or key == "limits":
+            text = " ".join(words[1:] if head == "limits" else words).replace("(", " ").replace(")", " ").split()
+            values = _floats(path, number, text, len(text), "limits") if text else ()
+            if len(values) % 2:
+                raise MocapFormatError(path, number, "limits come in (min max) pairs")
+            block["limits"] += [(values[i], values[i + 1]) for i in range(0, len(values), 2)]
+            key = "limits"
+        elif head in ("bodymass", "cofmass"):
+            key = None
+        else:
+            raise MocapFormatError(path, number, f"unknown bone keyword {words[0]!r}")
+    if block is not None:
+        raise MocapFormatError(path, None, f"bone {block.get('name', '?')!r} not closed by 'end' (truncated file?)")
+
+    parents: dict[str, str] = {}
+    inside = False
+    for number, words in sections["hierarchy"][1:]:
+        if words[0].lower() == "begin":
+            inside = True
+            continue
+        if words[0].lower() == "end":
+            inside = False
+            continue
+        if not inside:
+            raise MocapFormatError(path, number, "hierarchy line outside begin/end")
+        parent = words[0]
+        if parent != "root" and parent not in bones:
+            raise MocapFormatError(path, number, f"unknown bone {parent!r} in hierarchy")
+        for child in words[1:]:
+            if child not in bones:
+                raise MocapFormatError(path, number, f"unknown bone {child!r} in hierarchy")
+            if child in parents:
+                raise MocapFormatError(path, number, f"bone {child!r} has two parents")
+            parents[child] = parent
+    orphans = [b for b in bones if b not in parents]
+    if orphans:
+        raise MocapFormatError(path, None, f"bones without a parent in the hierarchy: {orphans}")
+    # Parents before children (breadth first from the root); a cycle never reaches it.
+    ordered: list[str] = []
+    frontier = ["root"]
+    while frontier:
+        nxt = [b for b in bones if parents[b] in frontier]
+        ordered += nxt
+        frontier = nxt
+    if len(ordered) != len(bones):
+        raise MocapFormatError(path, None, f"hierarchy has a cycle among {sorted(set(bones) - set(ordered))}")
+    return Skeleton(
+        name=name,
+        length_unit=length_unit,
+        angle_unit=angle_unit,
+        root_order=root_order,
+        root_axis=root_axis,
+        root_position=root_position,
+        root_orientation=root_orientation,
+        bones=tuple(
+            Bone(
+                name=b,
+                parent=parents[b],
+                direction=tuple(bones[b]["direction"]),
+                length=bones[b]["length"],
+                axis=tuple(bones[b]["axis"]),
+                axis_order=bones[b]["axis_order"],
+                dof=tuple(bones[b].get("dof", ())),
+                limits=tuple(bones[b]["limits"]),
+            )
+            for b in _parents_first(list(bones), parents)
+        ),
+        source=str(path),
+    )
+
+
+def _parents_first(names: list[str], parents: Mapping[str, str]) -> list[str]:
+    """File order where possible, but every parent before its children (depth-first)."""
+    children: dict[str, list[str]] = {}
+    for name in names:
+        children.setdefault(parents[name], []).append(name)
+    out: list[str] = []
+    stack = list(reversed(children.get("root", [])))
+    while stack:
+        name = stack.pop()
+        out.append(name)
+        stack += list(reversed(children.get(name, [])))
+    return out
+
+
+# --------------------------------------------------------------------------- AMC
+
+
+def _name_keys(sc: Scan, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(lo, hi, length) of tokens of at most 16 bytes: their bytes as two uint64 words."""
+    words = sc.buf.view("<u8")
+    start = sc.start[tokens]
+    length = sc.end[tokens] - start
+    at = start >> 3
+    shift = ((start & 7) << 3).astype(np.uint64)
+    w0, w1, w2 = (np.take(words, at + k) for k in range(3))
+    lo = (w0 >> shift) | (w1 << (np.uint64(64) - shift))
+    hi = (w1 >> shift) | (w2 << (np.uint64(64) - shift))
+    lo &= (np.uint64(1) << (np.minimum(length, 8).astype(np.uint64) << np.uint64(3))) - np.uint64(1)
+    hi &= (np.uint64(1) << (np.clip(length - 8, 0, 8).astype(np.uint64) << np.uint64(3))) - np.uint64(1)
+    return lo, hi, length
+
+
+def _lookup_names(sc: Scan, tokens: np.ndarray, names: list[str]) -> np.ndarray:
+    """Index into ``names`` of every token (exact byte comparison), -1 when unknown."""
+    ids = np.full(len(tokens), -1, dtype=np.int64)
+    if len(tokens) == 0:
+        return ids
+    table = scan(" ".join(names).encode("latin-1"))
+    known_lo, known_hi, known_len = _name_keys(table, np.arange(len(names)))
+    long_known = known_len > 16
+    lo, hi, length = _name_keys(sc, tokens)
+    # Hash the two words to one key for a sorted lookup, then compare the bytes exactly.
+    mix = np.uint64(0x9E3779B97F4A7C15)
+    key = lo ^ (hi * mix) ^ length.astype(np.uint64)
+    known_key = known_lo ^ (known_hi * mix) ^ known_len.astype(np.uint64)
+    order = np.argsort(known_key, kind="stable")
+    sorted_key = known_key[order]
+    pos = np.minimum(np.searchsorted(sorted_key, key), len(names) - 1)
+    cand = order[pos]
+    hit = (sorted_key[pos] == key) & (known_lo[cand] == lo) & (known_hi[cand] == hi) & (known_len[cand] == length)
+    hit &= ~long_known[cand]
+    ids[hit] = cand[hit]
+    # Names longer than 16 bytes (none in CMU files) are compared one by one.
+    if long_known.any():
+        long_names = {n.encode("latin-1"): i for i, n in enumerate(names) if len(n) > 16}
+        for j in np.flatnonzero(~hit & (length > 16)):
+            ids[j] = long_names.get(sc.token(tokens[j]), -1)
+    return ids
+
+
+def _frame_of_line(frame_line: np.ndarray) -> np.ndarray:
+    return np.cumsum(frame_line) - 1
+
+
+def parse_amc(path: Path | str, skeleton: Skeleton) -> Motion:
+    """Read an AMC motion and validate every frame against ``skeleton``.
+
+    Raises ``MocapFormatError(path, line, problem)`` for an unreadable or empty file,
+    an unknown header keyword, a line that is neither a frame number nor a bone, an
+    unknown bone, a bone listed twice or missing in a frame, a wrong number of values,
+    a value that is not a finite decimal number, and frame numbers that do not count
+    up by one.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise MocapFormatError(path, None, f"cannot read file ({err.strerror or err})") from err
+    sc = scan(data)
+    n_tok = len(sc)
+    if n_tok == 0:
+        raise MocapFormatError(path, None, "empty file")
+    line_first = np.flatnonzero(sc.first)  # token index opening each non-blank line
+    line_len = np.diff(np.append(line_first, n_tok))
+    opener = sc.buf[sc.start[line_first]]
+    is_digit = (opener >= 48) & (opener <= 57)
+    is_comment = opener == 35
+    body = np.flatnonzero(is_digit)
+    if len(body) == 0:
+        raise MocapFormatError(path, None, "no frames (no line with a frame number)")
+    head_end = body[0]
+
+    angle_unit = skeleton.angle_unit
+    for line in range(head_end):
+        if is_comment[line]:
+            continue
+        tok = line_first[line]
+        word = sc.token(tok).decode("latin-1")
+        if opener[line] != 58:  # ':'
+            raise MocapFormatError(path, int(sc.line_of(tok)), f"unexpected text before the first frame: {word!r}")
+        keyword = word.upper()
+        if keyword == ":DEGREES":
+            angle_unit = "deg"
+        elif keyword == ":RADIANS":
+            angle_unit = "rad"
+        elif keyword not in (":FULLY-SPECIFIED", ":FULLY_SPECIFIED"):
+            raise MocapFormatError(path, int(sc.line_of(tok)), f"unknown header keyword {word!r}")
+
+    lines = np.arange(head_end, len(line_first))
+    lines = lines[~is_comment[lines]]
+    frame_line = is_digit[lines]
+    n_frames = int(frame_line.sum())
+    frame_tok = line_first[lines[frame_line]]
+    bone_lines = lines[~frame_line]
+    bone_tok = line_first[bone_lines]
+
+    def fail(line_pos: int, problem: str) -> None:
+        """Raise for the body line ``lines[line_pos]``, naming its frame."""
+        tok = line_first[lines[line_pos]]
+        frame = _frame_of_line(frame_line)[line_pos]
+        frame_no = sc.token(frame_tok[frame]).decode("latin-1") if frame >= 0 else "?"
+        raise MocapFormatError(path, int(sc.line_of(tok)), f"frame {frame_no}: {problem}")
+
+    # Frame lines: one token, the frame number, counting up by one.
+    bad = np.flatnonzero(line_len[lines[frame_line]] != 1)
+    if len(bad):
+        fail(int(np.flatnonzero(frame_line)[bad[0]]), "frame number line has more than one token")
+    numbers, ok = parse_decimals(sc, frame_tok)
+    first_no = numbers[0] if ok[0] else -1.0
+    expected = first_no + np.arange(n_frames)
+    digits = np.floor(np.log10(np.maximum(expected, 1))).astype(np.int64) + 1
+    token_len = sc.end[frame_tok] - sc.start[frame_tok]
+    bad = np.flatnonzero(~ok | (numbers != expected) | (token_len != digits))
+    if len(bad):
+        i = int(bad[0])
+        where = int(np.flatnonzero(frame_line)[i])
+        tok = frame_tok[i]
+        text = sc.token(tok).decode("latin-1")
+        prev = sc.token(frame_tok[i - 1]).decode("latin-1") if i else None
+        problem = f"frame number {text!r} does not follow {prev!r}" if prev else f"frame number {text!r} is not an integer"
+        raise MocapFormatError(path, int(sc.line_of(tok)), problem)
+
+    # Bone lines: known bone, right number of values.
+    names = ["root"] + [b.name for b in skeleton.bones]
+    n_values = np.array([len(skeleton.root_order)] + [len(b.dof) for b in skeleton.bones])
+    offsets = np.concatenate([[0], np.cumsum(n_values)[:-1]])
+    ids = _lookup_names(sc, bone_tok, names)
+    bone_pos = np.flatnonzero(~frame_line)
+    unknown = np.flatnonzero(ids < 0)
+    if len(unknown):
+        word = sc.token(bone_tok[unknown[0]]).decode("latin-1")
+        kind = "unknown bone" if word[:1].isalpha() else "unexpected token"
+        fail(int(bone_pos[unknown[0]]), f"{kind} {word!r} (not in {skeleton.source or 'the skeleton'})")
+    found = line_len[bone_lines] - 1
+    bad = np.flatnonzero(found != n_values[ids])
+    if len(bad):
+        b = int(bad[0])
+        fail(int(bone_pos[b]), f"bone {names[ids[b]]!r} has {found[b]} values; the skeleton gives it {n_values[ids[b]]}")
+
+    # Every bone with values exactly once a frame.
+    frame_idx = _frame_of_line(frame_line)[~frame_line]
+    counts = np.bincount(frame_idx * len(names) + ids, minlength=n_frames * len(names)).reshape(n_frames, len(names))
+    need = n_values > 0
+    wrong = (counts[:, need] != 1).any(axis=1) | (counts[:, ~need] > 1).any(axis=1)
+    if wrong.any():
+        f = int(np.flatnonzero(wrong)[0])
+        frame_no = sc.token(frame_tok[f]).decode("latin-1")
+        twice = [names[j] for j in np.flatnonzero(counts[f] > 1)]
+        missing = [names[j] for j in np.flatnonzero(need & (counts[f] == 0))]
+        problem = f"bone {twice[0]!r} appears twice" if twice else f"missing bone{'s' if len(missing) > 1 else ''} {', '.join(missing)}"
+        truncated = " (truncated file?)" if f == n_frames - 1 and missing else ""
+        line = int(sc.line_of(frame_tok[f]))
+        raise MocapFormatError(path, line, f"frame {frame_no}: {problem}{truncated}")
+
+    # Values: every token of a bone line after the name.
+    line_of_token = np.repeat(np.arange(len(line_first)), line_len)
+    is_bone_line = np.zeros(len(line_first), dtype=bool)
+    is_bone_line[bone_lines] = True
+    value_tok = np.flatnonzero(is_bone_line[line_of_token] & ~sc.first)
+    values, ok = parse_decimals(sc, value_tok)
+    if not ok.all():
+        tok = value_tok[int(np.flatnonzero(~ok)[0])]
+        line_pos = int(np.searchsorted(lines, line_of_token[tok]))
+        fail(line_pos, f"value {sc.token(tok).decode('latin-1')!r} is not a finite decimal number")
+
+    # Scatter into (frames, dofs): column = bone offset + position inside the line.
+    per_line = n_values[ids]
+    line_start = np.repeat(np.cumsum(per_line) - per_line, per_line)
+    within = np.arange(len(value_tok)) - line_start
+    column = np.repeat(offsets[ids], per_line) + within
+    row = np.repeat(frame_idx, per_line)
+    out = np.empty((n_frames, int(n_values.sum())))
+    out[row, column] = values
+    return Motion(
+        path=str(path),
+        values=out,
+        frame_numbers=expected.astype(np.int64),
+        dof_names=tuple(skeleton.dof_names()),
+        angle_unit=angle_unit,
+    )
+
+
+# --------------------------------------------------------------------------- kinematics
+
+
+def _axis_rotation(axis: str, angles_rad: np.ndarray) -> np.ndarray:
+    """(N, 3, 3) rotations about one coordinate axis."""
+    c, s = np.cos(angles_rad), np.sin(angles_rad)
+    one, zero = np.ones_like(c), np.zeros_like(c)
+    if axis == "x":
+        m = [[one, zero, zero], [zero, c, -s], [zero, s, c]]
+    elif axis == "y":
+        m = [[c, zero, s], [zero, one, zero], [-s, zero, c]]
+    else:
+        m = [[c, -s, zero], [s, c, zero], [zero, zero, one]]
+    return np.moveaxis(np.array(m), (0, 1), (-2, -1))
+
+
+def euler_matrix(order: str, angles_rad: np.ndarray) -> np.ndarray:
+    """Rotation applying the angles (..., len(order)) about the axes of ``order`` in turn:
+    'XYZ' gives Rz @ Ry @ Rx."""
+    angles_rad = np.asarray(angles_rad, dtype=np.float64)
+    flat = angles_rad.reshape(-1, len(order))
+    out = np.broadcast_to(np.eye(3), (len(flat), 3, 3)).copy()
+    for k, axis in enumerate(order.lower()):
+        out = _axis_rotation(axis, flat[:, k]) @ out
+    return out.reshape(*angles_rad.shape[:-1], 3, 3)
+
+
+def forward_kinematics(skeleton: Skeleton, frames: np.ndarray, dof_names: list[str] | tuple[str, ...] | None = None, angle_unit: str = "deg") -> np.ndarray:
+    """Joint positions (N, J, 3) of frames (N, D) whose columns are ``dof_names``
+    (default: ``skeleton.dof_names()``); channels missing from ``dof_names`` are zero.
+
+    Positions are in the ASF's length unit divided by ``units length`` (inches for CMU),
+    joints ordered as ``skeleton.joint_names``.
+    """
+    frames = np.atleast_2d(np.asarray(frames, dtype=np.float64))
+    n = len(frames)
+    names = list(dof_names) if dof_names is not None else skeleton.dof_names()
+    column = {name: i for i, name in enumerate(names)}
+    to_rad = np.radians if angle_unit == "deg" else (lambda a: a)
+    deg_to_rad = np.radians if skeleton.angle_unit == "deg" else (lambda a: np.asarray(a, dtype=np.float64))
+
+    def channel(bone: str, dof: str) -> np.ndarray:
+        i = column.get(f"{bone}.{dof}")
+        return frames[:, i] if i is not None else np.zeros(n)
+
+    positions = np.zeros((n, len(skeleton.bones) + 1, 3))
+    rotations: dict[str, np.ndarray] = {}
+    # Root: translation channels plus rest position; rotation C M C^-1 about its axis.
+    root_rot = [d for d in skeleton.root_order if d in ROTATION_DOFS]
+    c_root = euler_matrix(skeleton.root_axis, deg_to_rad(np.asarray(skeleton.root_orientation)))
+    m_root = np.broadcast_to(np.eye(3), (n, 3, 3)).copy()
+    for d in root_rot:
+        m_root = _axis_rotation(d[1], to_rad(channel("root", d))) @ m_root
+    rotations["root"] = c_root @ m_root @ c_root.T
+    translation = np.stack([channel("root", d) for d in TRANSLATION_DOFS], axis=1)
+    positions[:, 0] = (translation + np.asarray(skeleton.root_position)) / skeleton.length_unit
+    joint = {"root": 0}
+    for j, bone in enumerate(skeleton.bones, start=1):
+        c = euler_matrix(bone.axis_order, deg_to_rad(np.asarray(bone.axis)))
+        m = np.broadcast_to(np.eye(3), (n, 3, 3)).copy()
+        for d in bone.dof:
+            m = _axis_rotation(d[1], to_rad(channel(bone.name, d))) @ m
+        rotations[bone.name] = rotations[bone.parent] @ (c @ m @ c.T)
+        offset = np.asarray(bone.direction) * (bone.length / skeleton.length_unit)
+        positions[:, j] = positions[:, joint[bone.parent]] + rotations[bone.name] @ offset
+        joint[bone.name] = j
+    return positions

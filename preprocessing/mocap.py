@@ -1,0 +1,385 @@
+"""CMU motion capture -> ``mocap.zarr``: joint angles per frame, labelled, split by trial.
+
+Based on the CMU Graphics Lab Motion Capture Database in its Acclaim ASF/AMC form
+(reader in ``preprocessing.acclaim``) as used for the 2-D latent spaces of motion in
+Klushyn et al., "Learning Hierarchical Priors in VAEs" (NeurIPS 2019): every frame is a
+vector of joint angles (62 channels for a CMU skeleton: root translation and rotation,
+and the rotations of 29 moving bones), here optionally without the root translation
+and/or orientation, as standardised degrees or as sin/cos pairs.
+
+Stage ``prepare_mocap``: ``prepare(MocapParams, out)``. The split unit is a trial, or a
+segment of ``segment_frames`` frames when trials are cut (the embedded default is one
+long trial); no frame of a test unit is in train. Statistics for standardisation come
+from the training split only and are stored in the attributes, together with the
+skeleton, so ``features_to_positions`` can draw stick figures from the group alone.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import numpy as np
+
+from preprocessing.acclaim import ROTATION_DOFS, TRANSLATION_DOFS, Motion, Skeleton, forward_kinematics, parse_amc, parse_asf
+from preprocessing.embedded import fetch_embedded_mocap, sha256_file
+from preprocessing.errors import MocapFormatError, SourceError
+from preprocessing.store import denormalise, write_dataset
+
+__all__ = [
+    "MocapParams",
+    "prepare",
+    "features_to_positions",
+    "skeleton_edges",
+    "SKELETON_EDGES",
+    "joint_names",
+    "load_trials",
+    "Trial",
+]
+
+UNLABELLED = "unlabelled"
+SOURCE_FPS = 120
+
+
+@dataclass(frozen=True)
+class MocapParams:
+    """The ``prepare_mocap`` section of params.yaml."""
+
+    source: str = "embedded"  # folder of ASF/AMC files (searched recursively) or 'embedded'
+    embedded_dir: str = "data/raw/mocap_embedded"  # where 'embedded' is fetched to
+    index_file: str = "INDEX.tsv"  # inside source; used when present ('' = none)
+    fallback_asf: str = ""  # skeleton for subjects without <subject>.asf (path inside source or absolute)
+    subjects: tuple[str, ...] = ()  # keep only these subjects (empty: all)
+    motions: tuple[str, ...] = ()  # keep only these motion labels (empty: all)
+    drop_root_translation: bool = True
+    keep_root_orientation: bool = True
+    angle_encoding: Literal["degrees", "sincos"] = "degrees"
+    frame_step: int = 4  # 120 fps -> 30 fps
+    segment_frames: int = 0  # 0: whole trials are split units; > 0: segments of this many (subsampled) frames
+    test_fraction: float = 0.2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.frame_step < 1:
+            raise ValueError(f"frame_step must be >= 1, got {self.frame_step}")
+        if self.segment_frames < 0:
+            raise ValueError(f"segment_frames must be >= 0, got {self.segment_frames}")
+        if not 0.0 < self.test_fraction < 1.0:
+            raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
+        if self.angle_encoding not in ("degrees", "sincos"):
+            raise ValueError(f"angle_encoding must be 'degrees' or 'sincos', got {self.angle_encoding!r}")
+
+
+@dataclass(frozen=True)
+class Trial:
+    subject: str
+    trial: str
+    motion: str
+    path: Path
+    skeleton: Skeleton
+    motion_data: Motion
+
+
+# --------------------------------------------------------------------------- sources
+
+
+def _resolve(base: Path, name: str) -> Path:
+    path = Path(name)
+    if path.is_absolute():
+        return path
+    return base / path if (base / path).exists() else path
+
+
+def _read_index(path: Path) -> dict[str, dict[str, str]]:
+    """INDEX.tsv rows keyed by trial name (rows without a trial, e.g. skeletons, skipped)."""
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f, delimiter="\t"))
+    except (OSError, csv.Error, UnicodeDecodeError) as err:
+        raise SourceError(path, f"cannot read index ({err})") from err
+    if rows and not {"trial", "motion"} <= set(rows[0]):
+        raise SourceError(path, "index needs at least the columns 'trial' and 'motion'")
+    out = {}
+    for row in rows:
+        trial = (row.get("trial") or "").strip()
+        if trial and trial != "-":
+            out[trial] = row
+    return out
+
+
+def _subject_of(amc: Path) -> str:
+    return amc.stem.split("_", 1)[0]
+
+
+def load_trials(params: MocapParams, progress: bool = False) -> tuple[Path, list[Trial], list[Path]]:
+    """Parse every AMC under the source folder with its subject's skeleton.
+
+    Returns the source folder, the trials (sorted by file name), and every file read.
+    """
+    if params.source == "embedded":
+        folder = fetch_embedded_mocap(params.embedded_dir)
+    else:
+        folder = Path(params.source)
+    if not folder.is_dir():
+        raise MocapFormatError(folder, None, "source folder does not exist")
+    amcs = sorted((p for p in folder.rglob("*") if p.suffix.lower() == ".amc" and p.is_file()), key=lambda p: (p.stem, str(p)))
+    if not amcs:
+        raise MocapFormatError(folder, None, "no AMC files in the folder (searched recursively)")
+    asfs: dict[str, list[Path]] = {}
+    for p in sorted(folder.rglob("*")):
+        if p.suffix.lower() == ".asf" and p.is_file():
+            asfs.setdefault(p.stem, []).append(p)
+    index: dict[str, dict[str, str]] = {}
+    used: list[Path] = []
+    if params.index_file:
+        index_path = folder / params.index_file
+        if index_path.is_file():
+            index = _read_index(index_path)
+            used.append(index_path)
+    fallback = _resolve(folder, params.fallback_asf) if params.fallback_asf else None
+
+    skeletons: dict[Path, Skeleton] = {}
+    trials: list[Trial] = []
+    iterator: Any = amcs
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(amcs, desc="mocap: parse", unit="file")
+    for amc in iterator:
+        subject, trial = _subject_of(amc), amc.stem
+        row = index.get(trial, {})
+        motion = (row.get("motion") or "").strip() or UNLABELLED
+        if params.subjects and subject not in params.subjects:
+            continue
+        if params.motions and motion not in params.motions:
+            continue
+        local = amc.parent / f"{subject}.asf"
+        if local.is_file():
+            asf = local
+        elif subject in asfs:
+            asf = asfs[subject][0]
+        elif fallback is not None:
+            asf = fallback
+        else:
+            raise MocapFormatError(amc, None, f"no skeleton {subject}.asf in {folder} and no fallback_asf set")
+        if asf not in skeletons:
+            skeletons[asf] = parse_asf(asf)
+            used.append(asf)
+        motion_data = parse_amc(amc, skeletons[asf])
+        used.append(amc)
+        expected = (row.get("frames") or "").strip()
+        if expected.isdigit() and int(expected) != len(motion_data.values):
+            raise MocapFormatError(amc, None, f"{len(motion_data.values)} frames, the index lists {expected} (truncated file?)")
+        trials.append(Trial(subject, trial, motion, amc, skeletons[asf], motion_data))
+    if not trials:
+        raise MocapFormatError(folder, None, f"no trial left after selecting subjects={list(params.subjects)} motions={list(params.motions)}")
+    return folder, trials, used
+
+
+# --------------------------------------------------------------------------- features
+
+
+def feature_channels(dof_names: list[str], params: Mapping[str, Any]) -> list[str]:
+    """The channels kept as features, in skeleton order."""
+    out = []
+    for name in dof_names:
+        bone, dof = name.rsplit(".", 1)
+        if bone == "root" and dof in TRANSLATION_DOFS and params["drop_root_translation"]:
+            continue
+        if bone == "root" and dof in ROTATION_DOFS and not params["keep_root_orientation"]:
+            continue
+        out.append(name)
+    return out
+
+
+def encode(channels_deg: np.ndarray, channels: list[str], encoding: str) -> tuple[np.ndarray, list[str]]:
+    """Channel values (N, C) in degrees (translations in ASF units) -> raw features."""
+    if encoding == "degrees":
+        return channels_deg, list(channels)
+    cols, names = [], []
+    for i, name in enumerate(channels):
+        if name.rsplit(".", 1)[1] in ROTATION_DOFS:
+            rad = np.radians(channels_deg[:, i])
+            cols += [np.sin(rad), np.cos(rad)]
+            names += [f"{name}.sin", f"{name}.cos"]
+        else:
+            cols.append(channels_deg[:, i])
+            names.append(name)
+    return np.stack(cols, axis=1), names
+
+
+def decode(raw: np.ndarray, feature_names: list[str]) -> tuple[np.ndarray, list[str]]:
+    """Raw features -> channel values (degrees), the inverse of ``encode``."""
+    cols, names = [], []
+    i = 0
+    while i < len(feature_names):
+        name = feature_names[i]
+        if name.endswith(".sin"):
+            cols.append(np.degrees(np.arctan2(raw[:, i], raw[:, i + 1])))
+            names.append(name[: -len(".sin")])
+            i += 2
+        else:
+            cols.append(raw[:, i])
+            names.append(name)
+            i += 1
+    return np.stack(cols, axis=1), names
+
+
+def _standardise(train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    mean = train.mean(axis=0)
+    std = train.std(axis=0)
+    # Constant channels (e.g. CMU's clavicles, fingers) keep std 1 so they stay invertible.
+    std = np.where(std > 1e-8 * np.maximum(1.0, np.abs(mean)), std, 1.0)
+    return mean, std
+
+
+def _split_units(units: list[tuple[str, str]], test_fraction: float, seed: int) -> np.ndarray:
+    """Test mask over split units, stratified by motion label, seeded.
+
+    ``units`` are (unit id, motion). Each motion contributes round(fraction * count)
+    units to test (at least one overall, never all)."""
+    rng = np.random.default_rng(seed)
+    motions = np.array([m for _, m in units])
+    test = np.zeros(len(units), dtype=bool)
+    for motion in sorted(set(motions)):
+        members = np.flatnonzero(motions == motion)
+        k = int(round(test_fraction * len(members)))
+        if k:
+            test[rng.choice(members, size=k, replace=False)] = True
+    if not test.any():
+        test[rng.integers(len(units))] = True
+    if test.all():
+        test[rng.choice(np.flatnonzero(test))] = False
+    return test
+
+
+def prepare(params: MocapParams, out: Path | str, progress: bool = True) -> None:
+    """Parse the source, build features and labels, split, standardise and write ``out``."""
+    out = Path(out)
+    folder, trials, used = load_trials(params, progress=progress)
+    reference = trials[0].skeleton
+    dof_names = reference.dof_names()
+    for t in trials:
+        if t.skeleton.dof_names() != dof_names:
+            raise MocapFormatError(t.skeleton.source, None, f"degrees of freedom differ from {reference.source}; one data set needs one channel layout")
+
+    p = asdict(params)
+    channels = feature_channels(dof_names, p)
+    col = [dof_names.index(c) for c in channels]
+    # Split units: (trial index, first frame, last frame) over subsampled frames.
+    units: list[tuple[int, int, int]] = []
+    frames_per_trial = []
+    for ti, t in enumerate(trials):
+        n = len(range(0, len(t.motion_data.values), params.frame_step))
+        frames_per_trial.append(n)
+        if params.segment_frames:
+            for begin in range(0, n, params.segment_frames):
+                units.append((ti, begin, min(begin + params.segment_frames, n)))
+        else:
+            units.append((ti, 0, n))
+    if len(units) < 2:
+        raise MocapFormatError(folder, None, f"{len(units)} split unit(s): need at least 2 to split train/test (set segment_frames > 0 to cut trials)")
+    test_unit = _split_units([(str(u), trials[u[0]].motion) for u in units], params.test_fraction, params.seed)
+
+    classes = {
+        "motion": sorted({t.motion for t in trials}),
+        "subject": sorted({t.subject for t in trials}),
+        "trial": sorted({t.trial for t in trials}),
+    }
+    parts: dict[str, dict[str, list[np.ndarray]]] = {s: {k: [] for k in ("x", "motion", "subject", "trial", "frame")} for s in ("train", "test")}
+    for (ti, begin, end), is_test in zip(units, test_unit):
+        t = trials[ti]
+        degrees = t.motion_data.in_degrees()[:: params.frame_step][begin:end][:, col]
+        raw, feature_names = encode(degrees, channels, params.angle_encoding)
+        split = parts["test" if is_test else "train"]
+        n = len(raw)
+        split["x"].append(raw)
+        split["motion"].append(np.full(n, classes["motion"].index(t.motion), dtype=np.int64))
+        split["subject"].append(np.full(n, classes["subject"].index(t.subject), dtype=np.int64))
+        split["trial"].append(np.full(n, classes["trial"].index(t.trial), dtype=np.int64))
+        split["frame"].append((np.arange(begin, end, dtype=np.int64) * params.frame_step))
+    joined = {s: {k: np.concatenate(v) for k, v in d.items()} for s, d in parts.items()}
+    for split, d in joined.items():
+        bad = ~np.isfinite(d["x"]).all(axis=1)
+        if bad.any():
+            raise MocapFormatError(folder, None, f"non-finite feature in {split} sample {int(np.flatnonzero(bad)[0])}")
+    mean, std = _standardise(joined["train"]["x"])
+    arrays: dict[str, np.ndarray] = {}
+    for split, d in joined.items():
+        arrays[f"{split}/x"] = ((d["x"] - mean) / std).astype(np.float32)
+        for key in ("motion", "subject", "trial", "frame"):
+            arrays[f"{split}/{key}"] = d[key]
+
+    sources = [{"path": str(f.relative_to(folder)) if f.is_relative_to(folder) else str(f), "sha256": sha256_file(f)} for f in used]
+    test_trials = sorted({trials[u[0]].trial for u, is_test in zip(units, test_unit) if is_test})
+    attrs = {
+        "dataset": "mocap",
+        "likelihood": "gaussian",
+        "x_shape": [len(feature_names)],
+        "feature_names": feature_names,
+        "units": {
+            "angles": "degrees" if params.angle_encoding == "degrees" else "sin/cos of the angle",
+            "translation": "ASF length units",
+            "frame": f"index of the frame in its trial at {SOURCE_FPS} fps (0-based)",
+            "fps": SOURCE_FPS / params.frame_step,
+        },
+        "normalisation": {"kind": "standardise", "mean": mean.tolist(), "std": std.tolist(), "statistics": "train split"},
+        "labels": {
+            "motion": {"kind": "categorical", "classes": classes["motion"]},
+            "subject": {"kind": "categorical", "classes": classes["subject"]},
+            "trial": {"kind": "categorical", "classes": classes["trial"]},
+            "frame": {"kind": "continuous", "unit": "frame index in trial (120 fps, 0-based)"},
+        },
+        "sources": sources,
+        "params": p,
+        "stand_in": params.source == "embedded",
+        "source": "embedded" if params.source == "embedded" else "folder",
+        "skeleton": reference.to_dict(),
+        "channels": channels,
+        "angle_encoding": params.angle_encoding,
+        "split": {
+            "unit": "segment" if params.segment_frames else "trial",
+            "n_units": len(units),
+            "n_test_units": int(test_unit.sum()),
+            "test_trials": test_trials,
+        },
+        "counts": {
+            "trials": len(trials),
+            "frames_source": int(sum(len(t.motion_data.values) for t in trials)),
+            "frames_written": int(sum(frames_per_trial)),
+        },
+        "credit": "CMU Graphics Lab Motion Capture Database (mocap.cs.cmu.edu), NSF EIA-0196217",
+    }
+    write_dataset(out, arrays, attrs)
+
+
+# --------------------------------------------------------------------------- drawing
+
+
+def features_to_positions(features: np.ndarray, attrs: Mapping[str, Any], normalised: bool = True) -> np.ndarray:
+    """Joint positions (N, J, 3) of features (N, D) as stored in ``mocap.zarr``.
+
+    Undoes the standardisation (unless ``normalised`` is False) and the angle encoding,
+    puts the channels back into a full frame (dropped root channels are zero: the figure
+    stands at the origin), and runs the skeleton's forward kinematics. Joints follow
+    ``joint_names(attrs)``; positions in inches for CMU skeletons.
+    """
+    features = np.atleast_2d(np.asarray(features, dtype=np.float64))
+    raw = denormalise(features, attrs) if normalised else features
+    channels_deg, names = decode(raw, list(attrs["feature_names"]))
+    skeleton = Skeleton.from_dict(attrs["skeleton"])
+    return forward_kinematics(skeleton, channels_deg, names, angle_unit="deg")
+
+
+def joint_names(attrs: Mapping[str, Any]) -> list[str]:
+    return list(attrs["skeleton"]["joint_names"])
+
+
+def skeleton_edges(attrs: Mapping[str, Any]) -> list[tuple[int, int]]:
+    """(parent joint, child joint) index pairs into the positions' joint axis."""
+    return [tuple(e) for e in attrs["skeleton"]["edges"]]
+
+
+SKELETON_EDGES = skeleton_edges  # the name used in the interface contract

@@ -1,0 +1,210 @@
+"""The training stage: resumable loop, Prefect flow, outputs, locks and pure rules."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipelines.checkpoint import CheckpointError, load_model, load_payload
+from pipelines.params import read_yaml, section
+from pipelines.train import (
+    BaseParams,
+    RunLockedError,
+    TrainParams,
+    constraint_config,
+    fit,
+    hold_run_lock,
+    learning_rate,
+    load_training_data,
+    model_config,
+    run_training,
+    set_determinism,
+)
+from preprocessing.store import identity_normalisation, open_dataset, write_dataset
+from vhp_core import build_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def synthetic_group(path: Path, n_train: int = 96, n_test: int = 32, dim: int = 6, seed: int = 0) -> Path:
+    """A small valid zarr group: points near a 1-D curve in `dim` dimensions."""
+    rng = np.random.default_rng(seed)
+
+    def points(n: int) -> np.ndarray:
+        t = rng.uniform(0, 2 * np.pi, size=(n, 1))
+        basis = np.concatenate([np.cos(t * k) for k in range(1, dim // 2 + 1)]
+                               + [np.sin(t * k) for k in range(1, dim - dim // 2 + 1)], axis=1)
+        return (basis + 0.05 * rng.standard_normal((n, dim))).astype(np.float32)
+
+    arrays = {
+        "train/x": points(n_train),
+        "test/x": points(n_test),
+        "train/label": rng.integers(0, 2, n_train).astype(np.int64),
+        "test/label": rng.integers(0, 2, n_test).astype(np.int64),
+    }
+    attrs = {
+        "dataset": "toy",
+        "likelihood": "gaussian",
+        "x_shape": [dim],
+        "feature_names": [f"f{i}" for i in range(dim)],
+        "units": "arbitrary",
+        "normalisation": identity_normalisation(),
+        "labels": {"label": {"kind": "categorical", "classes": ["a", "b"]}},
+        "sources": [],
+        "params": {"seed": seed},
+        "stand_in": True,
+    }
+    write_dataset(path, arrays, attrs)
+    return path
+
+
+def tiny_params(**overrides) -> TrainParams:
+    raw = read_yaml(ROOT / "params.yaml")
+    params = section(TrainParams, raw, "train")
+    model = dataclasses.replace(params.model, hidden=(16,), prior_hidden=(16,), k_inner=4, k_iw=3, n_pseudo=5)
+    defaults = dict(datasets=("toy",), models=("vhp",), epochs=3, batch_size=16, kappa={"toy": 0.2},
+                    checkpoint_every=4, log_every=2, model=model)
+    defaults.update(overrides)
+    return dataclasses.replace(params, **defaults)
+
+
+def make_run(tmp_path: Path, params: TrainParams, model_name: str = "vhp"):
+    dataset = open_dataset(synthetic_group(tmp_path / "toy.zarr"))
+    data = load_training_data(dataset, params)
+    config = model_config(params, "toy", model_name, dataset.x_shape, dataset.likelihood)
+    ccfg = constraint_config(params, "toy")
+    return data, config, ccfg
+
+
+def fresh_model(config, seed: int = 0):
+    set_determinism(seed)
+    return build_model(config)
+
+
+def test_learning_rate_schedule():
+    p = tiny_params(lr=1e-3, lr_schedule="cosine", lr_min_factor=0.1, warmup_steps=10)
+    assert learning_rate(0, 100, p) == pytest.approx(1e-4)
+    assert learning_rate(9, 100, p) == pytest.approx(1e-3)
+    assert learning_rate(10, 100, p) == pytest.approx(1e-3)
+    assert learning_rate(100, 100, p) == pytest.approx(1e-4)
+    rates = [learning_rate(s, 100, p) for s in range(10, 101)]
+    assert all(a >= b for a, b in zip(rates, rates[1:]))
+    const = tiny_params(lr_schedule="constant", warmup_steps=0)
+    assert learning_rate(57, 100, const) == const.lr
+
+
+def test_interrupted_run_resumes_at_its_checkpoint_and_matches(tmp_path):
+    params = tiny_params()
+    data, config, ccfg = make_run(tmp_path, params)
+
+    reference = fit(fresh_model(config), config, ccfg, data, params, 0, tmp_path / "ref" / "ck.pt",
+                    progress=False)
+
+    ck = tmp_path / "resumed" / "ck.pt"
+    first = fit(fresh_model(config), config, ccfg, data, params, 0, ck, progress=False, stop_after_steps=10)
+    assert first.step == 10
+    saved = load_payload(ck)
+    assert saved["step"] == 8  # the last multiple of checkpoint_every before the interruption
+
+    # a new process would build a fresh model; the checkpoint brings it back to step 8
+    second = fit(fresh_model(config, seed=123), config, ccfg, data, params, 0, ck, progress=False)
+    assert second.resumed_from == 8
+    assert second.step == reference.step
+    for (name, a), (_, b) in zip(reference.model.state_dict().items(), second.model.state_dict().items()):
+        assert torch.equal(a, b), f"{name} differs after resuming"
+    assert second.state == reference.state
+    assert second.curves == reference.curves
+
+
+def test_checkpoint_of_other_config_is_not_resumed(tmp_path, capsys):
+    params = tiny_params()
+    data, config, ccfg = make_run(tmp_path, params)
+    ck = tmp_path / "ck.pt"
+    fit(fresh_model(config), config, ccfg, data, params, 0, ck, progress=False, stop_after_steps=8)
+    changed = dataclasses.replace(params, lr=params.lr * 2)
+    result = fit(fresh_model(config), config, ccfg, data, changed, 0, ck, progress=False)
+    assert result.resumed_from == 0
+    assert "starting afresh" in capsys.readouterr().out
+
+
+def test_prior_stays_frozen_until_the_constraint_is_met(tmp_path):
+    # kappa so small that the constraint is never met: Theta, Phi must not move
+    params = tiny_params(kappa={"toy": 1e-4}, epochs=1)
+    data, config, ccfg = make_run(tmp_path, params)
+    model = fresh_model(config)
+    before = [p.detach().clone() for p in model.prior_parameters()]
+    result = fit(model, config, ccfg, data, params, 0, tmp_path / "ck.pt", progress=False)
+    assert not result.state.prior_active
+    assert result.state.lambda_ > 1.0
+    for a, b in zip(before, model.prior_parameters()):
+        assert torch.equal(a, b)
+
+
+def test_second_run_on_the_same_folder_is_refused(tmp_path):
+    lock = hold_run_lock(tmp_path / "ck")
+    try:
+        with pytest.raises(RunLockedError, match="another training run"):
+            hold_run_lock(tmp_path / "ck")
+    finally:
+        lock.release()
+    hold_run_lock(tmp_path / "ck").release()  # free again once released
+
+
+@pytest.fixture(scope="module")
+def harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def test_flow_writes_model_metrics_and_curves(tmp_path, harness):
+    params = tiny_params(epochs=2)
+    data_path = synthetic_group(tmp_path / "toy.zarr")
+    out = tmp_path / "models" / "toy" / "vhp"
+    ck = tmp_path / "checkpoints" / "toy" / "vhp"
+    metrics = run_training("toy", "vhp", data_path, out, ck, params, BaseParams(seed=3, threads=1),
+                           progress=False)
+    assert {p.name for p in out.iterdir()} >= {"model.pt", "metrics.json", "curves.tsv", "curves.png", "timing.json"}
+    on_disk = json.loads((out / "metrics.json").read_text())
+    assert on_disk == json.loads(json.dumps(metrics))
+    assert on_disk["steps"] == 2 * 6 and on_disk["final_lambda"] >= 1.0
+    header = (out / "curves.tsv").read_text().splitlines()[0].split("\t")
+    assert header[:3] == ["step", "epoch", "lr"] and "lambda" in header and "c_hat" in header
+    model, payload = load_model(out / "model.pt")
+    assert payload["config"]["model"] == "vhp"
+    x = torch.from_numpy(np.asarray(open_dataset(data_path).test.x[:4]))
+    assert torch.isfinite(model.loss(x).total)
+    assert not (ck / "checkpoint.pt").exists()  # a finished run leaves no resumption point
+
+
+def test_same_seed_gives_identical_metrics(tmp_path, harness):
+    params = tiny_params(epochs=2)
+    data_path = synthetic_group(tmp_path / "toy.zarr")
+    runs = []
+    for name in ("a", "b"):
+        run_training("toy", "vhp", data_path, tmp_path / name, tmp_path / f"ck-{name}", params,
+                     BaseParams(seed=5, threads=1), progress=False)
+        runs.append((tmp_path / name / "metrics.json").read_bytes())
+    assert runs[0] == runs[1]
+
+
+def test_tampered_checkpoint_is_refused(tmp_path):
+    import pickle
+
+    class Exploit:
+        def __reduce__(self):
+            return (print, ("this must never run",))
+
+    path = tmp_path / "model.pt"
+    torch.save({"config": {}, "state_dict": {}, "x": Exploit()}, path)
+    with pytest.raises(CheckpointError, match="refused to load"):
+        load_payload(path)
+    path.write_bytes(pickle.dumps({"config": Exploit()}))
+    with pytest.raises(CheckpointError):
+        load_payload(path)
