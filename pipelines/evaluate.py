@@ -60,16 +60,16 @@ class EvaluateParams:
     ll_inner_samples: int = 32  # K_eval, zeta samples per z for the hierarchical prior's p(z)
     ll_points: int = 500  # test points in the log-likelihood estimate; 0 = all
     max_train_points: int = 10000  # encoded training points for kNN accuracy and R^2
-    grid_size: int = 128  # MF heat map resolution (grid_size x grid_size)
-    mf_chunk: int = 1024  # latent points per vmap(jacfwd) call
-    mf_points: int = 2000  # test points and bounding-box samples for the MF fraction
+    grid_size: int = 100  # MF heat map resolution (grid_size x grid_size)
+    mf_chunk: int = 1024  # at most this many latent points per vmap(jacfwd) call (fewer for large outputs)
+    mf_points: int = 1000  # test points and bounding-box samples for the MF fraction
     mf_quantile: float = 0.9
     knn_k: int = 5
     graph_nodes: int = 2000  # prior samples in the interpolation graph
     graph_k: int = 10  # neighbours per node
     interp_pairs: int = 10  # seeded endpoint pairs of test points
-    line_steps: int = 200  # points on the decoded straight line
-    segment_steps: int = 8  # points per graph edge when the path is decoded
+    line_steps: int = 100  # points on the decoded straight line
+    segment_steps: int = 4  # points per graph edge when the path is decoded
     n_frames: int = 8  # decoded frames shown along an interpolation
     n_reconstructions: int = 8
     n_samples: int = 16  # prior samples shown
@@ -113,23 +113,18 @@ def _label(split: Any, name: str) -> np.ndarray | None:
 
 
 def _label_info(attrs: dict[str, Any], name: str) -> tuple[str, list[str] | None]:
-    """(kind, class names or None) of a label from the group attributes."""
-    info = (attrs.get("labels") or {}).get(name, {})
-    if not isinstance(info, dict):
-        return "categorical", None
-    for key in ("classes", "class_names", "names", "categories"):
-        if isinstance(info.get(key), list):
-            return info.get("kind", "categorical"), [str(c) for c in info[key]]
-    return info.get("kind", "continuous" if name in REGRESSION_LABELS else "categorical"), None
+    """(kind, class names or None) of a label from the group's ``labels`` attribute."""
+    info = (attrs.get("labels") or {}).get(name) or {}
+    classes = info.get("classes")
+    return str(info.get("kind", "categorical")), [str(c) for c in classes] if isinstance(classes, list) else None
 
 
 def _test_x(dataset: Any) -> np.ndarray:
     # Bernoulli likelihoods need binary data; the group carries a fixed seeded binarisation.
     if dataset.likelihood == "bernoulli":
-        for holder in (dataset.test, getattr(dataset.test, "labels", {})):
-            binarised = holder.get("x_binarised") if isinstance(holder, dict) else getattr(holder, "x_binarised", None)
-            if binarised is not None:
-                return _rows(binarised)
+        binarised = (getattr(dataset.test, "extra", None) or {}).get("x_binarised")
+        if binarised is not None:
+            return _rows(binarised)
     return _rows(dataset.test.x)
 
 
@@ -227,9 +222,21 @@ def _extent(points: np.ndarray, margin: float = 0.1) -> tuple[float, float, floa
     return float(low[0]), float(high[0]), float(low[1]), float(high[1])
 
 
+# Floats that one vmap(jacfwd) chunk may hold in decoder outputs and their tangents (8 MB in
+# float32); conv decoders keep several times more in activations, so this bounds memory.
+MF_CHUNK_FLOATS = 2**21
+
+
+def mf_chunk_size(model: torch.nn.Module, requested: int) -> int:
+    """Latent points per vmap(jacfwd) call: at most ``requested``, fewer for large outputs."""
+    per_point = int(model.config.data_dim) * (int(model.config.latent_dim) + 1)
+    return max(8, min(requested, MF_CHUNK_FLOATS // max(per_point, 1)))
+
+
 def _mf(model: torch.nn.Module, z: np.ndarray, chunk: int) -> np.ndarray:
     dtype = next(model.parameters()).dtype
-    return magnification_factor(model.decoder_mean_flat, torch.as_tensor(z, dtype=dtype), chunk).double().numpy()
+    return magnification_factor(model.decoder_mean_flat, torch.as_tensor(z, dtype=dtype),
+                                mf_chunk_size(model, chunk)).double().numpy()
 
 
 # --------------------------------------------------------------------------------------
@@ -301,8 +308,7 @@ class _Frames:
         if self.kind == "mocap":
             from preprocessing import mocap
 
-            edges_of = getattr(mocap, "SKELETON_EDGES", None) or getattr(mocap, "skeleton_edges")
-            self.edges = [(int(p), int(c)) for p, c in edges_of(attrs)]
+            self.edges = [(int(p), int(c)) for p, c in mocap.skeleton_edges(attrs)]
             self._positions = mocap.features_to_positions
 
     def rows(self, path: Path, rows: list[tuple[str, np.ndarray]], title: str) -> Path | None:
@@ -445,7 +451,7 @@ def evaluate_model(
         dtype = next(model.parameters()).dtype
         mf_grid, _, _ = magnification_factor_grid(
             plane.decoder(model), (extent[0], extent[2]), (extent[1], extent[3]), params.grid_size,
-            params.mf_chunk, dtype)
+            mf_chunk_size(model, params.mf_chunk), dtype)
         mf_grid = mf_grid.double().numpy()
         colour = next((lab for lab in COLOUR_LABELS if _label(dataset.test, lab) is not None), None)
         colour_values = _label(dataset.test, colour) if colour else None
@@ -491,15 +497,15 @@ def evaluate_model(
             graph_x = decode_means(model, first["graph_z"], params.batch_size)
             rows.append(("graph path", graph_x[latent.arc_length_indices(graph_x, params.n_frames)]))
         line_x = decode_means(model, first["line_z"], params.batch_size)
-        rows.append(("straight line", line_x[np.linspace(0, len(line_x) - 1, params.n_frames).round().astype(int)]))
+        rows.append(("straight line", line_x[latent.arc_length_indices(line_x, params.n_frames)]))
         frames.rows(out_dir / "interpolation_frames.png", rows, f"{title}: decoded interpolation")
         done("interpolation frames")
 
         recon_index = np.sort(rng.choice(len(x_test), min(params.n_reconstructions, len(x_test)), replace=False))
         recon = decode_means(model, mu_test[recon_index], params.batch_size)
         flat_test = x_test[recon_index].reshape(len(recon_index), -1)
-        frames.rows(out_dir / "reconstructions.png",
-                    [("test data", flat_test), ("reconstruction", recon)], f"{title}: reconstructions (decoded E_q[z|x])")
+        frames.rows(out_dir / "reconstructions.png", [("test data", flat_test), ("reconstruction", recon)],
+                    f"{title}: reconstructions (decoded E_q[z|x])")
         with torch.no_grad():
             z_prior = model.prior.sample(params.n_samples, generator=generator).double().numpy()
         frames.grid(out_dir / "prior_samples.png", decode_means(model, z_prior, params.batch_size),
@@ -507,6 +513,8 @@ def evaluate_model(
         done("samples")
 
         metrics["seconds"] = round(time.perf_counter() - t0, 2)
+        # Strict JSON: a non-finite number (e.g. a diverged model's likelihood) is written as null.
+        metrics = {k: _finite(v) if isinstance(v, float) else v for k, v in metrics.items()}
         atomic_write_json(out_dir / "metrics.json", metrics)
         done("written")
     finally:

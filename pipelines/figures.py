@@ -168,13 +168,15 @@ def _draw_stick_figure(ax, joints: np.ndarray, edges: Sequence[tuple[int, int]],
     x, y, z = joints[:, 0], joints[:, 2], joints[:, 1]
     for parent, child in edges:
         ax.plot([x[parent], x[child]], [y[parent], y[child]], [z[parent], z[child]], color="tab:blue", lw=1.5)
-    ax.scatter(x, y, z, s=3, c="black", depthshade=False)
-    centre = joints.mean(axis=0)
+    ax.scatter(x, y, z, s=2, c="black", depthshade=False)
+    centre = (joints.min(axis=0) + joints.max(axis=0)) / 2
     half = limits / 2
     ax.set_xlim(centre[0] - half, centre[0] + half)
     ax.set_ylim(centre[2] - half, centre[2] + half)
     ax.set_zlim(centre[1] - half, centre[1] + half)
     ax.view_init(elev=10, azim=-60)
+    # The 3-D axes' default box leaves wide margins; zoom so the figure fills its cell.
+    ax.set_box_aspect((1, 1, 1), zoom=1.35)
     ax.set_axis_off()
 
 
@@ -186,18 +188,18 @@ def stick_figure_rows(
 ) -> Path:
     """Rows of stick figures: each row (name, joint positions (n_frames, J, 3)); edges index joints."""
     n_cols = max(len(positions) for _, positions in rows)
-    fig = new_figure(1.3 * n_cols + 0.8, 1.9 * len(rows) + 0.4)
+    fig = new_figure(1.4 * n_cols + 0.4, 1.6 * len(rows) + 0.4)
     span = max(float(np.ptp(positions.reshape(-1, 3), axis=0).max()) for _, positions in rows)
     # One scale for every frame so that sizes compare across frames and rows.
-    limits = np.asarray(span * 0.75 if span > 0 else 1.0)
+    limits = np.asarray(span if span > 0 else 1.0)
     for r, (name, positions) in enumerate(rows):
         for c, joints in enumerate(positions):
             ax = fig.add_subplot(len(rows), n_cols, r * n_cols + c + 1, projection="3d")
             _draw_stick_figure(ax, joints, edges, limits)
-            if c == 0:
-                ax.text2D(-0.05, 0.5, name, transform=ax.transAxes, rotation=90, va="center", ha="right", fontsize=8)
+            if c == 0 and name:
+                ax.text2D(-0.02, 0.5, name, transform=ax.transAxes, rotation=90, va="center", ha="right", fontsize=8)
     fig.suptitle(title, fontsize=10)
-    fig.subplots_adjust(wspace=0.0, hspace=0.05)
+    fig.subplots_adjust(left=0.04, right=1.0, bottom=0.0, top=0.9, wspace=0.0, hspace=0.0)
     return save_figure(fig, path)
 
 

@@ -39,6 +39,8 @@ FIGURES: tuple[tuple[str, str], ...] = (
     ("reconstructions.png", "Test data and reconstructions"),
     ("prior_samples.png", "Samples from the learned prior, decoded"),
 )
+# Strips of frames are wide: models are stacked rather than put side by side, so frames stay legible.
+WIDE_FIGURES = frozenset({"interpolation_frames.png", "reconstructions.png", "prior_samples.png"})
 
 # Metric rows of the table, in order, with a short definition (pipelines/METRICS.md has the long ones).
 # Keys not listed here but present in a metrics.json follow, alphabetically.
@@ -176,7 +178,8 @@ def _figure_rows(dataset: str, models: list[str], eval_root: Path, out: Path) ->
         if not any(path.is_file() for _, path in available):
             continue
         parts.append(f'<p class="caption">{html.escape(caption)}</p>')
-        parts.append(f'<div class="pair" style="--n: {len(models)}">')
+        columns = 1 if name in WIDE_FIGURES else len(models)
+        parts.append(f'<div class="pair" style="--n: {columns}">')
         for model, path in available:
             if path.is_file():
                 rel = _copy(path, out, Path("figures") / dataset / model / name)

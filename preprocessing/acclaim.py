@@ -32,7 +32,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from preprocessing.errors import MocapFormatError
-from preprocessing.textscan import Scan, parse_decimals, scan
+from preprocessing.textscan import Scan, parse_decimals, retained_heap, scan, scan_file
 
 ROTATION_DOFS = ("rx", "ry", "rz")
 TRANSLATION_DOFS = ("tx", "ty", "tz")
@@ -440,10 +440,9 @@ def parse_amc(path: Path | str, skeleton: Skeleton) -> Motion:
     """
     path = Path(path)
     try:
-        data = path.read_bytes()
+        sc = scan_file(path)
     except OSError as err:
         raise MocapFormatError(path, None, f"cannot read file ({err.strerror or err})") from err
-    sc = scan(data)
     n_tok = len(sc)
     if n_tok == 0:
         raise MocapFormatError(path, None, "empty file")
@@ -511,7 +510,23 @@ def parse_amc(path: Path | str, skeleton: Skeleton) -> Motion:
     names = ["root"] + [b.name for b in skeleton.bones]
     n_values = np.array([len(skeleton.root_order)] + [len(b.dof) for b in skeleton.bones])
     offsets = np.concatenate([[0], np.cumsum(n_values)[:-1]])
-    ids = _lookup_names(sc, bone_tok, names)
+    # Files write the bones in the same order every frame: then the names of the first
+    # frame, compared byte for byte with all others, give every line's bone at once.
+    per_frame = len(bone_lines) // max(n_frames, 1)
+    uniform = (
+        per_frame > 0
+        and per_frame * n_frames == len(bone_lines)
+        and bool(frame_line[:: per_frame + 1].all())
+        and len(lines) == n_frames * (per_frame + 1)
+    )
+    if uniform:
+        lo, hi, length = _name_keys(sc, bone_tok)
+        grid = lambda a: a.reshape(n_frames, per_frame)  # noqa: E731
+        uniform = bool((grid(lo) == lo[:per_frame]).all() and (grid(hi) == hi[:per_frame]).all() and (grid(length) == length[:per_frame]).all())
+    if uniform:
+        ids = np.tile(_lookup_names(sc, bone_tok[:per_frame], names), n_frames)
+    else:
+        ids = _lookup_names(sc, bone_tok, names)
     bone_pos = np.flatnonzero(~frame_line)
     unknown = np.flatnonzero(ids < 0)
     if len(unknown):
@@ -539,25 +554,36 @@ def parse_amc(path: Path | str, skeleton: Skeleton) -> Motion:
         line = int(sc.line_of(frame_tok[f]))
         raise MocapFormatError(path, line, f"frame {frame_no}: {problem}{truncated}")
 
-    # Values: every token of a bone line after the name.
-    line_of_token = np.repeat(np.arange(len(line_first)), line_len)
-    is_bone_line = np.zeros(len(line_first), dtype=bool)
-    is_bone_line[bone_lines] = True
-    value_tok = np.flatnonzero(is_bone_line[line_of_token] & ~sc.first)
+    # Values: every token of a bone line after the name (frame lines hold one token).
+    body_tok = line_first[head_end]
+    if is_comment[head_end:].any():
+        is_value_line = np.zeros(len(line_first), dtype=bool)
+        is_value_line[bone_lines] = True
+        value_tok = np.flatnonzero(np.repeat(is_value_line, line_len) & ~sc.first)
+    else:
+        value_tok = np.flatnonzero(~sc.first[body_tok:]) + body_tok
     values, ok = parse_decimals(sc, value_tok)
     if not ok.all():
-        tok = value_tok[int(np.flatnonzero(~ok)[0])]
-        line_pos = int(np.searchsorted(lines, line_of_token[tok]))
+        tok = int(value_tok[int(np.flatnonzero(~ok)[0])])
+        line_pos = int(np.searchsorted(lines, np.searchsorted(line_first, tok, side="right") - 1))
         fail(line_pos, f"value {sc.token(tok).decode('latin-1')!r} is not a finite decimal number")
 
-    # Scatter into (frames, dofs): column = bone offset + position inside the line.
-    per_line = n_values[ids]
-    line_start = np.repeat(np.cumsum(per_line) - per_line, per_line)
-    within = np.arange(len(value_tok)) - line_start
-    column = np.repeat(offsets[ids], per_line) + within
-    row = np.repeat(frame_idx, per_line)
-    out = np.empty((n_frames, int(n_values.sum())))
-    out[row, column] = values
+    n_dofs = int(n_values.sum())
+    if uniform:
+        # File order to skeleton order: one column permutation for all frames.
+        order = ids[:per_frame]
+        columns = np.concatenate([offsets[b] + np.arange(n_values[b]) for b in order])
+        out = np.empty((n_frames, n_dofs))
+        out[:, columns] = values.reshape(n_frames, n_dofs)
+    else:
+        # Scatter into (frames, dofs): column = bone offset + position inside the line.
+        per_line = n_values[ids]
+        line_start = np.repeat(np.cumsum(per_line) - per_line, per_line)
+        within = np.arange(len(value_tok)) - line_start
+        column = np.repeat(offsets[ids], per_line) + within
+        row = np.repeat(frame_idx, per_line)
+        out = np.empty((n_frames, n_dofs))
+        out[row, column] = values
     return Motion(
         path=str(path),
         values=out,
@@ -565,6 +591,13 @@ def parse_amc(path: Path | str, skeleton: Skeleton) -> Motion:
         dof_names=tuple(skeleton.dof_names()),
         angle_unit=angle_unit,
     )
+
+
+def parse_amc_files(items: list[tuple[Path | str, Skeleton]]) -> list[Motion]:
+    """``parse_amc`` of many (path, skeleton) pairs, with freed memory kept for reuse
+    between files (``textscan.retained_heap``)."""
+    with retained_heap():
+        return [parse_amc(path, skeleton) for path, skeleton in items]
 
 
 # --------------------------------------------------------------------------- kinematics

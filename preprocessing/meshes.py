@@ -385,7 +385,7 @@ def _sphere_grid(n_lat: int, n_lon: int) -> tuple[np.ndarray, np.ndarray]:
     bottom = len(dirs) - 1
     for j in range(n_lon):
         tris.append((bottom, idx(n_lat - 2, j), idx(n_lat - 2, j + 1)))
-    return dirs, np.array(tris, dtype=np.int64)
+    return dirs, np.array(tris, dtype=np.int64)[:, [0, 2, 1]]  # counter-clockwise seen from outside
 
 
 def _bump(dirs: np.ndarray, centre: tuple[float, float, float], sx: float, sy: float, sz: float = 1.0) -> np.ndarray:

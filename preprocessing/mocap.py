@@ -27,6 +27,7 @@ from preprocessing.acclaim import ROTATION_DOFS, TRANSLATION_DOFS, Motion, Skele
 from preprocessing.embedded import fetch_embedded_mocap, sha256_file
 from preprocessing.errors import MocapFormatError, SourceError
 from preprocessing.store import denormalise, write_dataset
+from preprocessing.textscan import retained_heap
 
 __all__ = [
     "MocapParams",
@@ -147,35 +148,52 @@ def load_trials(params: MocapParams, progress: bool = False) -> tuple[Path, list
         from tqdm import tqdm
 
         iterator = tqdm(amcs, desc="mocap: parse", unit="file")
-    for amc in iterator:
-        subject, trial = _subject_of(amc), amc.stem
-        row = index.get(trial, {})
-        motion = (row.get("motion") or "").strip() or UNLABELLED
-        if params.subjects and subject not in params.subjects:
-            continue
-        if params.motions and motion not in params.motions:
-            continue
-        local = amc.parent / f"{subject}.asf"
-        if local.is_file():
-            asf = local
-        elif subject in asfs:
-            asf = asfs[subject][0]
-        elif fallback is not None:
-            asf = fallback
-        else:
-            raise MocapFormatError(amc, None, f"no skeleton {subject}.asf in {folder} and no fallback_asf set")
-        if asf not in skeletons:
-            skeletons[asf] = parse_asf(asf)
-            used.append(asf)
-        motion_data = parse_amc(amc, skeletons[asf])
-        used.append(amc)
-        expected = (row.get("frames") or "").strip()
-        if expected.isdigit() and int(expected) != len(motion_data.values):
-            raise MocapFormatError(amc, None, f"{len(motion_data.values)} frames, the index lists {expected} (truncated file?)")
-        trials.append(Trial(subject, trial, motion, amc, skeletons[asf], motion_data))
+    with retained_heap():
+        for amc in iterator:
+            trial = _read_trial(amc, params, index, folder, asfs, fallback, skeletons, used)
+            if trial is not None:
+                trials.append(trial)
     if not trials:
         raise MocapFormatError(folder, None, f"no trial left after selecting subjects={list(params.subjects)} motions={list(params.motions)}")
     return folder, trials, used
+
+
+def _read_trial(
+    amc: Path,
+    params: MocapParams,
+    index: dict[str, dict[str, str]],
+    folder: Path,
+    asfs: dict[str, list[Path]],
+    fallback: Path | None,
+    skeletons: dict[Path, Skeleton],
+    used: list[Path],
+) -> Trial | None:
+    """One AMC with its subject's skeleton (parsed once), or None when not selected."""
+    subject, trial = _subject_of(amc), amc.stem
+    row = index.get(trial, {})
+    motion = (row.get("motion") or "").strip() or UNLABELLED
+    if params.subjects and subject not in params.subjects:
+        return None
+    if params.motions and motion not in params.motions:
+        return None
+    local = amc.parent / f"{subject}.asf"
+    if local.is_file():
+        asf = local
+    elif subject in asfs:
+        asf = asfs[subject][0]
+    elif fallback is not None:
+        asf = fallback
+    else:
+        raise MocapFormatError(amc, None, f"no skeleton {subject}.asf in {folder} and no fallback_asf set")
+    if asf not in skeletons:
+        skeletons[asf] = parse_asf(asf)
+        used.append(asf)
+    motion_data = parse_amc(amc, skeletons[asf])
+    used.append(amc)
+    expected = (row.get("frames") or "").strip()
+    if expected.isdigit() and int(expected) != len(motion_data.values):
+        raise MocapFormatError(amc, None, f"{len(motion_data.values)} frames, the index lists {expected} (truncated file?)")
+    return Trial(subject, trial, motion, amc, skeletons[asf], motion_data)
 
 
 # --------------------------------------------------------------------------- features

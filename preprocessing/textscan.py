@@ -20,8 +20,13 @@ through ``float()`` after a strict grammar check.
 
 from __future__ import annotations
 
+import ctypes
+import os
+import platform
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 
@@ -34,6 +39,53 @@ _HIGH1 = _U(0x8080808080808080)
 _ZEROS = _U(0x3030303030303030)  # eight ASCII '0'
 _P10 = 10.0 ** np.arange(23)  # 10**22 is the last power of ten a float64 holds exactly
 _STRICT_DECIMAL = re.compile(rb"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+
+
+_M_TOP_PAD = -2  # glibc mallopt parameter (malloc.h)
+_DEFAULT_TOP_PAD = 128 * 1024
+_PARSE_TOP_PAD = 64 * 2**20
+
+
+def _glibc():
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        return ctypes.CDLL(None)
+    except OSError:
+        return None
+
+
+_LIBC = _glibc()
+
+
+_depth = 0
+
+
+@contextmanager
+def retained_heap() -> Iterator[None]:
+    """Keep freed memory in the process while parsing many files (glibc; else a no-op).
+
+    A parse makes about a hundred whole-file temporaries of 0.1-2 MB. By default glibc
+    gives freed memory at the top of the heap back to the kernel at once, so every new
+    temporary pays a page fault per 4 kB: about 40 % of the parse time. Within this
+    context a larger top pad (``M_TOP_PAD``) keeps 64 MB of freed heap for reuse; on
+    leaving the outermost one the default is restored and the slack returned
+    (``malloc_trim``). Wrap a loop over files, not a single parse.
+    """
+    global _depth
+    if _LIBC is None:
+        yield
+        return
+    if _depth == 0:
+        _LIBC.mallopt(_M_TOP_PAD, _PARSE_TOP_PAD)
+    _depth += 1
+    try:
+        yield
+    finally:
+        _depth -= 1
+        if _depth == 0:
+            _LIBC.mallopt(_M_TOP_PAD, _DEFAULT_TOP_PAD)
+            _LIBC.malloc_trim(0)
 
 
 @dataclass(frozen=True)
@@ -70,25 +122,36 @@ def scan(data: bytes) -> Scan:
 
     Lines end at ``\\n``; a ``\\r`` before it is whitespace, so CRLF needs no special case.
     """
-    tail = 24 + (-len(data)) % 8
-    buf = np.frombuffer(b" " * _PAD + data + b" " * tail, dtype=np.uint8)
-    ink = (buf > 32).view(np.int8)
-    edges = np.flatnonzero(np.diff(ink) != 0) + 1
-    start = edges[0::2]
-    end = edges[1::2]
+    buf = np.full(_PAD + len(data) + 24 + (-len(data)) % 8, 32, dtype=np.uint8)
+    buf[_PAD : _PAD + len(data)] = np.frombuffer(data, dtype=np.uint8)
+    return _scan(buf)
+
+
+def scan_file(path) -> Scan:
+    """``scan`` of a file's bytes, read straight into the padded buffer."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        buf = np.full(_PAD + size + 24 + (-size) % 8, 32, dtype=np.uint8)
+        got = f.readinto(memoryview(buf)[_PAD : _PAD + size])
+    if got != size:
+        raise OSError(f"short read of {path} ({got} of {size} bytes)")
+    return _scan(buf)
+
+
+def _scan(buf: np.ndarray) -> Scan:
+    ink = buf > 32
+    start = np.flatnonzero(ink[1:] > ink[:-1]) + 1
+    end = np.flatnonzero(ink[:-1] > ink[1:]) + 1
     first = buf[start - 1] == 10
     if len(start):
         first[0] = True
         # A gap longer than one byte can hold a newline not just before the token
         # (indented lines, blank lines with spaces): look into those gaps one by one.
-        gap_begin = np.empty_like(start)
-        gap_begin[0] = 0
-        gap_begin[1:] = end[:-1]
-        unsure = np.flatnonzero(~first & (start - gap_begin > 1))
+        unsure = np.flatnonzero(~first & (buf[start - 2] <= 32))
         if len(unsure):
             raw = buf.tobytes()
             for i in unsure:
-                if raw.find(b"\n", gap_begin[i], start[i]) >= 0:
+                if raw.find(b"\n", end[i - 1] if i else 0, start[i]) >= 0:
                     first[i] = True
     return Scan(buf=buf, start=start, end=end, first=first)
 

@@ -7,7 +7,6 @@ torch from a drawn seed (the drawn case records the seed and the ranges).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -148,10 +147,3 @@ def constraint_sequences(max_size: int = 60) -> st.SearchStrategy[list[float]]:
     value = st.one_of(st.floats(0.0, 20.0), st.floats(0.0, 1e6), st.just(0.0))
     return st.lists(value, min_size=1, max_size=max_size)
 
-
-def gaussian_std_range() -> st.SearchStrategy[float]:
-    """Decoder std in [0.1, 2]."""
-    return st.floats(0.1, 2.0)
-
-
-LOG_2PI = math.log(2 * math.pi)

@@ -82,6 +82,18 @@ def test_rewo_worked_example() -> None:
     assert s3.lambda_ == pytest.approx(expected) and s3.prior_active
 
 
+def test_rewo_large_step_stops_at_one() -> None:
+    # nu * |delta| large enough that the multiplicative step alone would jump far below 1.
+    cfg = ConstraintConfig(kappa=3.0, alpha=0.0, nu=1.0)
+    s = ConstraintState.initial(cfg, "rewo")
+    s = rewo_update(s, 10.0, cfg)  # delta = 1: lambda = e
+    assert s.lambda_ == pytest.approx(math.e)
+    s = rewo_update(s, 0.0, cfg)  # delta = -9: e * exp(-9 tanh(e - 1)) < 1, so lambda stops at 1
+    assert s.lambda_ == 1.0 and s.prior_active
+    s = rewo_update(s, 0.0, cfg)  # at 1, tanh(0) = 0: stays
+    assert s.lambda_ == 1.0
+
+
 def test_geco_moves_both_ways_and_trains_prior_from_start() -> None:
     cfg = ConstraintConfig(kappa=1.0, alpha=0.0, nu=0.5)
     states = run(geco_update, cfg, "geco", [3.0, 3.0, 0.0, 0.0, 0.0, 0.0, 0.0])

@@ -106,3 +106,105 @@ def test_report_params_refuse_bad_values() -> None:
     with pytest.raises(ValueError, match="curve_smoothing"):
         ReportParams(curve_smoothing=0)
     assert ReportParams(compare=["vhp", "vae"]).compare == ("vhp", "vae")
+
+
+# --------------------------------------------------------------------------------------
+# End to end: a tiny model on a tiny zarr group -> evaluate -> report
+# --------------------------------------------------------------------------------------
+
+TINY = dict(ll_samples=8, ll_inner_samples=4, ll_points=20, max_train_points=100, grid_size=12, mf_points=50,
+            graph_nodes=60, graph_k=5, interp_pairs=2, line_steps=10, segment_steps=2, n_frames=3,
+            n_reconstructions=3, n_samples=4, batch_size=64)
+
+
+def _image_group(path: Path) -> Path:
+    from preprocessing.store import identity_normalisation, write_dataset
+
+    rng = np.random.default_rng(0)
+    arrays, n = {}, {"train": 120, "test": 40}
+    for split, count in n.items():
+        azimuth = rng.uniform(-60, 60, count).astype(np.float32)
+        yy, xx = np.mgrid[0:8, 0:8]
+        centre = 3.5 + azimuth / 30
+        images = np.exp(-((xx[None] - centre[:, None, None]) ** 2 + (yy[None] - 3.5) ** 2) / 4)
+        arrays[f"{split}/x"] = images[:, None].astype(np.float32)
+        arrays[f"{split}/azimuth"] = azimuth
+        arrays[f"{split}/elevation"] = rng.uniform(-20, 20, count).astype(np.float32)
+        arrays[f"{split}/light"] = rng.uniform(-90, 90, count).astype(np.float32)
+        arrays[f"{split}/identity"] = rng.integers(0, 3, count).astype(np.int64)
+    write_dataset(path, arrays, {
+        "dataset": "faces", "likelihood": "gaussian", "x_shape": [1, 8, 8],
+        "feature_names": [f"pixel_{i}" for i in range(64)], "units": {"x": "intensity"},
+        "normalisation": identity_normalisation(), "sources": [], "params": {}, "stand_in": True,
+        "labels": {"azimuth": {"kind": "continuous"}, "elevation": {"kind": "continuous"},
+                   "light": {"kind": "continuous"},
+                   "identity": {"kind": "categorical", "classes": ["a", "b", "c"]}},
+    })
+    return path
+
+
+def _checkpoint(model_dir: Path, model_name: str, x_shape: tuple[int, ...]) -> None:
+    import dataclasses
+
+    import torch
+
+    from pipelines.checkpoint import atomic_torch_save
+    from vhp_core import ModelConfig, build_model
+
+    config = ModelConfig(model=model_name, x_shape=x_shape, likelihood="gaussian", hidden=(16,), prior_hidden=(8,),
+                         gaussian_std=0.3, k_inner=4)
+    torch.manual_seed(0)
+    model = build_model(config)
+    atomic_torch_save(model_dir / "model.pt", {
+        "config": dataclasses.asdict(config), "state_dict": model.state_dict(),
+        "constraint_state": {"lambda_": 2.5, "c_hat": 0.1, "step": 10, "prior_active": True}, "train_params": {},
+    })
+    _curves(model_dir / "curves.tsv", 30, 4.0)
+
+
+def _evaluate_tree(tmp_path: Path, data: Path, models: tuple[str, ...], x_shape: tuple[int, ...]) -> Path:
+    from pipelines.evaluate import EvaluateParams, evaluate_model
+
+    name = data.stem
+    for model in models:
+        model_dir = tmp_path / "models" / name / model
+        _checkpoint(model_dir, model, x_shape)
+        metrics = evaluate_model(model_dir, data, tmp_path / "eval" / name / model, EvaluateParams(**TINY),
+                                 progress=False)
+        written = json.loads((tmp_path / "eval" / name / model / "metrics.json").read_text())
+        assert written["test_log_likelihood"] == pytest.approx(metrics["test_log_likelihood"])
+        assert written["ll_samples"] == 8 and written["ll_n_points"] == 20
+        assert written["ll_inner_samples"] == (4 if model == "vhp" else None)
+        assert written["final_lambda"] == 2.5 and written["model"] == model and written["dataset"] == name
+        assert np.isfinite(written["elbo"]) and 0 <= written["active_units"] <= 2
+        assert 0.0 <= written["mf_fraction"] <= 1.0 and written["interp_pairs_requested"] == 2
+        for figure, _ in FIGURES:
+            assert (tmp_path / "eval" / name / model / figure).stat().st_size > 1000, figure
+    return tmp_path
+
+
+def test_evaluate_then_report_on_a_tiny_image_group(tmp_path: Path) -> None:
+    data = _image_group(tmp_path / "faces.zarr")
+    _evaluate_tree(tmp_path, data, ("vhp", "iwae"), (1, 8, 8))
+    metrics = json.loads((tmp_path / "eval" / "faces" / "vhp" / "metrics.json").read_text())
+    for key in ("r2_azimuth", "r2_elevation", "r2_light"):
+        assert key in metrics
+    assert "trajectory_smoothness" not in metrics
+    pairs = json.loads((tmp_path / "eval" / "faces" / "vhp" / "interpolation.json").read_text())["pairs"]
+    assert len(pairs) == 2 and all(p["line_length"] >= 0 for p in pairs)
+    index = build_report(tmp_path / "eval", tmp_path / "models", tmp_path / "report", ReportParams())
+    page = index.read_text()
+    assert "r2_azimuth" in page and "vhp vs iwae" in page
+    assert (index.parent / "figures" / "faces" / "vhp" / "latent_map.png").is_file()
+
+
+def test_evaluate_mocap_draws_stick_figures_and_measures_motion(tmp_path: Path, shared_data: Path) -> None:
+    from preprocessing.mocap import MocapParams, prepare
+    from preprocessing.store import open_dataset
+
+    data = tmp_path / "mocap.zarr"
+    prepare(MocapParams(source=str(shared_data / "cmu"), subjects=("35",), frame_step=16), data, progress=False)
+    _evaluate_tree(tmp_path, data, ("vhp",), open_dataset(data).x_shape)
+    metrics = json.loads((tmp_path / "eval" / "mocap" / "vhp" / "metrics.json").read_text())
+    assert 0.0 <= metrics["knn_accuracy"] <= 1.0 and metrics["knn_label"] == "motion"
+    assert metrics["trajectory_smoothness"] > 0

@@ -162,7 +162,7 @@ class HierarchicalPrior(nn.Module):
         """
         if k < 1:
             raise ValueError(f"k (number of zeta samples) must be >= 1, got {k}")
-        return torch.logsumexp(self.log_importance_weights(z, k, generator).double(), dim=1).to(z.dtype)  # BROKEN: no -log K
+        return importance_weighted_bound(self.log_importance_weights(z, k, generator), dim=1).to(z.dtype)
 
     def log_prob(self, z: torch.Tensor, k: int | None = None) -> torch.Tensor:
         """F with K = k (default: k_inner) zeta samples; a stochastic lower bound of log p(z)."""

@@ -23,7 +23,7 @@ def _grads_finite(parameters: list[torch.nn.Parameter]) -> bool:
     if not grads:
         return True
     # One reduction over all gradients: the norm is non-finite iff some entry is.
-    return bool(torch.isfinite(torch.nn.utils.get_total_norm(grads, norm_type=2.0)))
+    return bool(torch.isfinite(torch.nn.utils.get_total_norm(grads, norm_type=2.0, foreach=True)))
 
 
 def train_step(
