@@ -269,6 +269,21 @@ def _render(eval_root: Path, models_root: Path, out: Path, params: ReportParams)
         + "\n</body></html>\n"
     )
     (out / "index.html").write_text(page, encoding="utf-8")
+    _write_dvc_views(out, metrics)
+
+
+def _write_dvc_views(out: Path, metrics: dict[str, dict[str, dict[str, Any]]]) -> None:
+    """What dvc.yaml declares at top level: one metrics file and a folder of PNG plots.
+
+    PNGs (not vega specs) keep `dvc plots show` readable offline.
+    """
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True, default=str) + "\n")
+    plots = out / "plots"
+    plots.mkdir(exist_ok=True)
+    figures = out / "figures"
+    if figures.is_dir():
+        for png in sorted(figures.rglob("*.png")):
+            shutil.copy2(png, plots / "_".join(png.relative_to(figures).parts))
 
 
 def build_report(eval_root: Path, models_root: Path, out_dir: Path, params: ReportParams) -> Path:

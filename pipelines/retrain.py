@@ -77,9 +77,11 @@ def raw_data_paths(project: Path, params: RetrainParams) -> list[Path]:
     raw = read_yaml(project / "params.yaml")
     candidates: list[str] = list(params.raw_paths)
     for name in ("prepare_mocap", "prepare_faces", "prepare_fashion_mnist"):
-        source = (raw.get(name) or {}).get("source")
-        if isinstance(source, str) and source not in ("", "procedural", "embedded"):
-            candidates.append(source)
+        sect = raw.get(name) or {}
+        for key in ("source", "model_path", "blendshapes_path", "mesh_folder"):
+            value = sect.get(key)
+            if isinstance(value, str) and value not in ("", "procedural", "embedded", "sfm", "meshes"):
+                candidates.append(value)
     paths = []
     for c in candidates:
         p = Path(c) if Path(c).is_absolute() else project / c

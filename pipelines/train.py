@@ -187,6 +187,15 @@ def learning_rate(step: int, total_steps: int, params: TrainParams) -> float:
     return base * floor ** (drops / 3)
 
 
+def resolve_device(name: str) -> torch.device:
+    """``auto``: CUDA when available, else CPU; ``cuda`` fails clearly without a GPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("base.device is 'cuda' but no CUDA device is available")
+    return torch.device(name)
+
+
 def set_threads(threads: int) -> int:
     n = threads if threads > 0 else (os.cpu_count() or 1)
     torch.set_num_threads(n)
@@ -302,7 +311,7 @@ def _checkpoint_payload(model, optimiser, state, config, ccfg, step, epoch, batc
         "format": 1,
         "config": config_to_dict(config),
         "constraint_config": dataclasses.asdict(ccfg),
-        "state_dict": model.state_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "optimiser": optimiser.state_dict(),
         "constraint_state": dataclasses.asdict(state),
         "step": step,
@@ -340,6 +349,7 @@ def fit(
     progress: bool = True,
     stop_after_steps: int | None = None,
     on_checkpoint: Callable[[int], None] | None = None,
+    device: torch.device | str = "cpu",
 ) -> FitResult:
     """Train ``model`` on ``data``; resume from ``checkpoint_path`` when it matches.
 
@@ -348,6 +358,8 @@ def fit(
     """
     t0 = time.perf_counter()
     fp = fingerprint(config, ccfg, params, seed, data.data_id)
+    device = torch.device(device)
+    model.to(device)
     optimiser = torch.optim.Adam(model.parameters(), lr=params.lr)
     gen = torch.Generator().manual_seed(seed)
     state = ConstraintState.initial(ccfg, constraint_rule(config.model))
@@ -367,6 +379,7 @@ def fit(
             raise TrainingError(f"{err}; delete it to start afresh") from err
         if ck.get("fingerprint") == fp:
             model.load_state_dict(ck["state_dict"])
+            model.to(device)
             optimiser.load_state_dict(ck["optimiser"])
             state = _state_from_dict(ck["constraint_state"])
             step, epoch, batch_index = int(ck["step"]), int(ck["epoch"]), int(ck["batch_index"])
@@ -397,7 +410,7 @@ def fit(
                 lr = learning_rate(step, total_steps, params)
                 for group in optimiser.param_groups:
                     group["lr"] = lr
-                xb = data.batch(idx)
+                xb = data.batch(idx).to(device, non_blocking=True)
                 new_state, terms = train_step(model, optimiser, xb, state, ccfg)
                 samples += len(idx)
                 batch_index = b + 1
@@ -469,7 +482,7 @@ def evaluate_elbo(model: torch.nn.Module, x: Any, likelihood: str, seed: int,
         xb = torch.from_numpy(np.asarray(x[start:start + batch_size], dtype=np.float32))
         if likelihood == "bernoulli":
             xb = torch.bernoulli(xb)
-        terms = model.loss(xb)
+        terms = model.loss(xb.to(next(model.parameters()).device))
         for key in ("reconstruction", "nll", "regulariser", "elbo"):
             sums[key] = sums.get(key, 0.0) + float(getattr(terms, key)) * len(xb)
         n_total += len(xb)
@@ -514,7 +527,7 @@ def write_outputs(result: FitResult, config: ModelConfig, ccfg: ConstraintConfig
         "config": config_to_dict(config),
         "constraint_config": dataclasses.asdict(ccfg),
         "constraint_state": dataclasses.asdict(result.state),
-        "state_dict": result.model.state_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in result.model.state_dict().items()},
         "train_params": json.loads(json.dumps(dataclasses.asdict(params), default=list)),
         "seed": seed,
         "dataset": dataset_name,
@@ -617,8 +630,9 @@ def _build_flow():
 
     @task(name="fit", retries=1, retry_delay_seconds=1, cache_policy=NONE,
           retry_condition_fn=_no_retry_for_training_errors)
-    def fit_task(model, config, ccfg, data, params, seed, checkpoint_path, progress):
-        return fit(model, config, ccfg, data, params, seed, Path(checkpoint_path), progress=progress)
+    def fit_task(model, config, ccfg, data, params, seed, checkpoint_path, progress, device):
+        return fit(model, config, ccfg, data, params, seed, Path(checkpoint_path), progress=progress,
+                   device=device)
 
     @task(name="write-outputs", cache_policy=NONE)
     def outputs(result, config, ccfg, params, seed, out_dir, dataset, dataset_name):
@@ -638,7 +652,9 @@ def _build_flow():
             ccfg = constraint_config(params, dataset_name)
             model = build(config, base.seed)
             checkpoint_path = str(Path(checkpoint_dir) / "checkpoint.pt")
-            result = fit_task(model, config, ccfg, data, params, base.seed, checkpoint_path, progress)
+            device = resolve_device(base.device)
+            result = fit_task(model, config, ccfg, data, params, base.seed, checkpoint_path, progress,
+                              str(device))
             metrics = outputs(result, config, ccfg, params, base.seed, out_dir, dataset, dataset_name)
         finally:
             lock.release()

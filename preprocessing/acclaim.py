@@ -25,6 +25,7 @@ consecutive frame numbers) and does so with vectorised NumPy over the whole file
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -32,7 +33,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from preprocessing.errors import MocapFormatError
-from preprocessing.textscan import Scan, parse_decimals, retained_heap, scan, scan_file
+from preprocessing.textscan import Scan, parse_decimals, scan, scan_file
 
 ROTATION_DOFS = ("rx", "ry", "rz")
 TRANSLATION_DOFS = ("tx", "ty", "tz")
@@ -397,21 +398,29 @@ def _name_keys(sc: Scan, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray, np
     return lo, hi, length
 
 
+_MIX = np.uint64(0x9E3779B97F4A7C15)
+
+
+@functools.lru_cache(maxsize=64)
+def _name_table(names: tuple[str, ...]) -> tuple[np.ndarray, ...]:
+    """Byte keys of the bone names, sorted by a hash of the two words for lookup."""
+    table = scan(" ".join(names).encode("latin-1"))
+    known_lo, known_hi, known_len = _name_keys(table, np.arange(len(names)))
+    known_key = known_lo ^ (known_hi * _MIX) ^ known_len.astype(np.uint64)
+    order = np.argsort(known_key, kind="stable")
+    return known_lo, known_hi, known_len, order, known_key[order]
+
+
 def _lookup_names(sc: Scan, tokens: np.ndarray, names: list[str]) -> np.ndarray:
     """Index into ``names`` of every token (exact byte comparison), -1 when unknown."""
     ids = np.full(len(tokens), -1, dtype=np.int64)
     if len(tokens) == 0:
         return ids
-    table = scan(" ".join(names).encode("latin-1"))
-    known_lo, known_hi, known_len = _name_keys(table, np.arange(len(names)))
+    known_lo, known_hi, known_len, order, sorted_key = _name_table(tuple(names))
     long_known = known_len > 16
     lo, hi, length = _name_keys(sc, tokens)
-    # Hash the two words to one key for a sorted lookup, then compare the bytes exactly.
-    mix = np.uint64(0x9E3779B97F4A7C15)
-    key = lo ^ (hi * mix) ^ length.astype(np.uint64)
-    known_key = known_lo ^ (known_hi * mix) ^ known_len.astype(np.uint64)
-    order = np.argsort(known_key, kind="stable")
-    sorted_key = known_key[order]
+    # A hash of the two words finds the candidate; the bytes themselves decide.
+    key = lo ^ (hi * _MIX) ^ length.astype(np.uint64)
     pos = np.minimum(np.searchsorted(sorted_key, key), len(names) - 1)
     cand = order[pos]
     hit = (sorted_key[pos] == key) & (known_lo[cand] == lo) & (known_hi[cand] == hi) & (known_len[cand] == length)
@@ -499,7 +508,6 @@ def parse_amc(path: Path | str, skeleton: Skeleton) -> Motion:
     bad = np.flatnonzero(~ok | (numbers != expected) | (token_len != digits))
     if len(bad):
         i = int(bad[0])
-        where = int(np.flatnonzero(frame_line)[i])
         tok = frame_tok[i]
         text = sc.token(tok).decode("latin-1")
         prev = sc.token(frame_tok[i - 1]).decode("latin-1") if i else None
@@ -591,13 +599,6 @@ def parse_amc(path: Path | str, skeleton: Skeleton) -> Motion:
         dof_names=tuple(skeleton.dof_names()),
         angle_unit=angle_unit,
     )
-
-
-def parse_amc_files(items: list[tuple[Path | str, Skeleton]]) -> list[Motion]:
-    """``parse_amc`` of many (path, skeleton) pairs, with freed memory kept for reuse
-    between files (``textscan.retained_heap``)."""
-    with retained_heap():
-        return [parse_amc(path, skeleton) for path, skeleton in items]
 
 
 # --------------------------------------------------------------------------- kinematics

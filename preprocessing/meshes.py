@@ -356,7 +356,7 @@ HEAD_PARAMETERS: dict[str, tuple[float, float]] = {
     "height": (1.00, 1.16),
     "depth": (0.90, 1.05),
     "jaw": (0.78, 1.00),
-    "nose": (0.14, 0.32),
+    "nose": (0.10, 0.22),
     "nose_length": (0.09, 0.15),
     "eyes": (0.03, 0.12),
     "brows": (0.00, 0.06),

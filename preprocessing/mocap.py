@@ -27,7 +27,6 @@ from preprocessing.acclaim import ROTATION_DOFS, TRANSLATION_DOFS, Motion, Skele
 from preprocessing.embedded import fetch_embedded_mocap, sha256_file
 from preprocessing.errors import MocapFormatError, SourceError
 from preprocessing.store import denormalise, write_dataset
-from preprocessing.textscan import retained_heap
 
 __all__ = [
     "MocapParams",
@@ -148,11 +147,10 @@ def load_trials(params: MocapParams, progress: bool = False) -> tuple[Path, list
         from tqdm import tqdm
 
         iterator = tqdm(amcs, desc="mocap: parse", unit="file")
-    with retained_heap():
-        for amc in iterator:
-            trial = _read_trial(amc, params, index, folder, asfs, fallback, skeletons, used)
-            if trial is not None:
-                trials.append(trial)
+    for amc in iterator:
+        trial = _read_trial(amc, params, index, folder, asfs, fallback, skeletons, used)
+        if trial is not None:
+            trials.append(trial)
     if not trials:
         raise MocapFormatError(folder, None, f"no trial left after selecting subjects={list(params.subjects)} motions={list(params.motions)}")
     return folder, trials, used

@@ -20,72 +20,19 @@ through ``float()`` after a strict grammar check.
 
 from __future__ import annotations
 
-import ctypes
 import os
-import platform
 import re
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 
 _BLOCK = 8192  # tokens parsed at once (see parse_decimals)
 _PAD = 8  # bytes of padding before the text; at least 24 follow it
 _U = np.uint64
-_ONES = _U(0x0101010101010101)
 _LOW7 = _U(0x7F7F7F7F7F7F7F7F)
-_HIGH1 = _U(0x8080808080808080)
 _ZEROS = _U(0x3030303030303030)  # eight ASCII '0'
 _P10 = 10.0 ** np.arange(23)  # 10**22 is the last power of ten a float64 holds exactly
 _STRICT_DECIMAL = re.compile(rb"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
-
-
-_M_TOP_PAD = -2  # glibc mallopt parameter (malloc.h)
-_DEFAULT_TOP_PAD = 128 * 1024
-_PARSE_TOP_PAD = 64 * 2**20
-
-
-def _glibc():
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return None
-    try:
-        return ctypes.CDLL(None)
-    except OSError:
-        return None
-
-
-_LIBC = _glibc()
-
-
-_depth = 0
-
-
-@contextmanager
-def retained_heap() -> Iterator[None]:
-    """Keep freed memory in the process while parsing many files (glibc; else a no-op).
-
-    A parse makes about a hundred whole-file temporaries of 0.1-2 MB. By default glibc
-    gives freed memory at the top of the heap back to the kernel at once, so every new
-    temporary pays a page fault per 4 kB: about 40 % of the parse time. Within this
-    context a larger top pad (``M_TOP_PAD``) keeps 64 MB of freed heap for reuse; on
-    leaving the outermost one the default is restored and the slack returned
-    (``malloc_trim``). Wrap a loop over files, not a single parse.
-    """
-    global _depth
-    if _LIBC is None:
-        yield
-        return
-    if _depth == 0:
-        _LIBC.mallopt(_M_TOP_PAD, _PARSE_TOP_PAD)
-    _depth += 1
-    try:
-        yield
-    finally:
-        _depth -= 1
-        if _depth == 0:
-            _LIBC.mallopt(_M_TOP_PAD, _DEFAULT_TOP_PAD)
-            _LIBC.malloc_trim(0)
 
 
 @dataclass(frozen=True)
@@ -111,10 +58,6 @@ class Scan:
         """1-based line numbers of tokens (computed on demand: only errors need them)."""
         newlines = np.flatnonzero(self.buf == 10)
         return np.searchsorted(newlines, self.start[tokens]) + 1
-
-    def line_index(self) -> np.ndarray:
-        """(n_tokens,) 0-based index of each token's line among the non-blank lines."""
-        return np.cumsum(self.first) - 1
 
 
 def scan(data: bytes) -> Scan:
@@ -216,34 +159,33 @@ def _digits_ending_at(lo: np.ndarray, hi: np.ndarray, end: np.ndarray, length: n
 def _parse_short(sc: Scan, start: np.ndarray, length: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The common case in one word: tokens of at most 8 bytes, ``[+-]digits[.digits]``.
 
-    Returns values and a mask of the tokens this path accepted; the others (exponents,
-    invalid text) are left to the general path.
+    The token's bytes, with '0' after its end and in place of a sign, and the point
+    removed (the bytes above it move down, a '0' comes in at the top), are eight digits
+    ``D``: the number's digits followed by zeros. Its value is ``D / 10**(8 - i)`` with
+    ``i`` the bytes before the point (or the length without one): one correctly rounded
+    division of exact values. Returns values and a mask of the tokens this path
+    accepted; the others (exponents, invalid text) are left to the general path.
     """
     words = sc.buf.view("<u8")
     at = start >> 3
     shift = ((start & 7) << 3).astype(_U)
     x = np.take(words, at) >> shift
     x |= np.take(words, at + 1) << (_U(64) - shift)
-    x &= _low_mask(length)
+    inside = _low_mask(length)
+    x = (x & inside) | (_ZEROS & ~inside)
     first = x & _U(0xFF)
     negative = first == 45
     signed = negative | (first == 43)
-    x >>= signed.astype(_U) << _U(3)
-    rest = length - signed
+    x ^= signed.astype(_U) * (first ^ _U(0x30))  # the sign byte becomes '0'
     dots = _zero_bytes(x ^ _U(0x2E2E2E2E2E2E2E2E))
-    single_dot = (dots & (dots - _U(1))) == 0
-    below_dot = (dots >> _U(7)) - _U(1)  # all ones when there is no point
-    has_dot = dots != 0
-    # 2**(8k) for the point at byte k converts exactly to float64: its exponent is 8k.
-    dot_at = ((dots >> _U(7)).astype(np.float64).view(np.int64) >> 55) - 127
-    digits = (x & below_dot) | ((x >> _U(8)) & ~below_dot)
-    mant_len = rest - has_dot
-    digits <<= (_U(8) - mant_len.astype(_U)) << _U(3)
-    digits |= _ZEROS & _low_mask(8 - mant_len)
+    below = (dots >> _U(7)) - _U(1)  # bytes below the point; all ones without one
+    digits = (x & below) | (((x >> _U(8)) | _U(0x3000000000000000)) & ~below)
     value, ok = _eight_digits(digits)
-    ok &= single_dot & (mant_len >= 1)
-    frac_len = np.where(has_dot, rest - dot_at - 1, 0)
-    magnitude = value.astype(np.float64) / np.take(_P10, frac_len)
+    has_dot = dots != 0
+    ok &= ((dots & (dots - _U(1))) == 0) & (length - signed - has_dot >= 1)
+    # below + 1 = 2**(8 i) converts exactly to float64: its exponent field is 8 i.
+    before = np.where(has_dot, ((below + _U(1)).astype(np.float64).view(np.int64) >> 55) - 127, length)
+    magnitude = value.astype(np.float64) / np.take(_P10, 8 - before)
     return np.where(negative, -magnitude, magnitude), ok
 
 

@@ -200,3 +200,22 @@ def test_bf16_precision_close_to_fp32() -> None:
         ll_b = log_likelihood(bf16, x[:8], 64, generator=generator(4))
         assert torch.isfinite(ll_b).all()
         assert ((ll_a - ll_b).abs() <= 0.02 * ll_a.abs() + 0.05).all(), (name, ll_a - ll_b)
+
+
+def test_tanh_activation_matches_torch() -> None:
+    # vhp_core computes tanh through the faster sigmoid kernel; values, gradients and
+    # forward-mode derivatives must be those of tanh.
+    from vhp_core.networks import activation_module
+
+    tanh = activation_module("tanh")
+    x = torch.linspace(-20, 20, 2001, dtype=DTYPE, requires_grad=True)
+    torch.testing.assert_close(tanh(x), torch.tanh(x), rtol=0, atol=1e-15)
+    (grad,) = torch.autograd.grad(tanh(x).sum(), x)
+    torch.testing.assert_close(grad, 1 - torch.tanh(x.detach()) ** 2, rtol=0, atol=1e-15)
+    x32 = x.detach().float()
+    torch.testing.assert_close(tanh(x32), torch.tanh(x32), rtol=0, atol=3e-7)
+    w = torch.randn(3, 2, dtype=DTYPE)
+    z = torch.randn(4, 2, dtype=DTYPE)
+    expected = torch.func.vmap(torch.func.jacrev(lambda v: torch.tanh(w @ v)))(z)
+    torch.testing.assert_close(torch.func.vmap(torch.func.jacfwd(lambda v: tanh(w @ v)))(z), expected)
+    torch.testing.assert_close(torch.func.vmap(torch.func.jacrev(lambda v: tanh(w @ v)))(z), expected)

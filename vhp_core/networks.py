@@ -38,7 +38,8 @@ class _SigmoidTanh(torch.autograd.Function):
 
     @staticmethod
     def forward(x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        return torch.sigmoid(x * 2.0).mul_(2.0).sub_(1.0)
+        # One new tensor; the rest in place on it (x itself is left untouched).
+        return (x * 2.0).sigmoid_().mul_(2.0).sub_(1.0)
 
     @staticmethod
     def setup_context(ctx: torch.autograd.function.FunctionCtx, inputs: tuple[torch.Tensor], output: torch.Tensor) -> None:  # type: ignore[override]
