@@ -5,9 +5,39 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
-import torch
-from hypothesis import HealthCheck, settings
+
+
+def _prefect_logging_to_real_stderr() -> None:
+    """Point Prefect's console log handlers at the process's real stderr.
+
+    Prefect binds its handlers to ``sys.stderr`` when it first sets up logging. Under
+    pytest that may be a per-test capture stream which is closed after the test, and
+    every later log line would then fail. We derive a settings file from Prefect's own
+    default (so it follows the installed version) with ``ext://sys.__stderr__``.
+    """
+    if "PREFECT_LOGGING_SETTINGS_PATH" in os.environ:
+        return
+    import importlib.util
+    import tempfile
+
+    spec = importlib.util.find_spec("prefect")
+    if spec is None or spec.origin is None:
+        return
+    default = Path(spec.origin).parent / "logging" / "logging.yml"
+    if not default.is_file():
+        return
+    text = default.read_text().replace("ext://sys.stderr", "ext://sys.__stderr__")
+    target = Path(tempfile.gettempdir()) / f"vhp-tests-prefect-logging-{os.getpid()}.yml"
+    target.write_text(text)
+    os.environ["PREFECT_LOGGING_SETTINGS_PATH"] = str(target)
+
+
+# Before anything imports prefect.
+_prefect_logging_to_real_stderr()
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
 
 # `ci` is derandomised so that a red run can be reproduced; `dev` explores more.
 settings.register_profile(

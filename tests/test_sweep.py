@@ -1,0 +1,144 @@
+"""The sweep: strict params, the grid, the results table and figure, and a Dask run that a rerun skips."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+
+import pytest
+
+from pipelines.evaluate import EvaluateParams
+from pipelines.params import ParamsError, from_dict, read_yaml
+from pipelines.sweep import (
+    GridPoint,
+    SweepParams,
+    aggregate,
+    grid,
+    read_finished,
+    results_markdown,
+    run_sweep,
+    write_results,
+)
+from pipelines.train import BaseParams
+from test_train_flow import ROOT, synthetic_group, tiny_params
+
+TINY_EVALUATE = EvaluateParams(
+    batch_size=64, ll_samples=8, ll_inner_samples=4, ll_points=16, max_train_points=96, grid_size=6,
+    mf_chunk=64, mf_points=16, knn_k=3, graph_nodes=24, graph_k=4, interp_pairs=2, line_steps=8,
+    segment_steps=2, n_frames=3, n_reconstructions=3, n_samples=4, max_plot_points=64,
+)
+
+
+def test_params_are_strict_and_checked():
+    good = {"datasets": ["mocap"], "kappa": [0.2, 0.3], "models": ["vhp"], "seeds": [0, 1]}
+    sweep = from_dict(SweepParams, good, "params.yaml", "sweep")
+    assert sweep.kappa == (0.2, 0.3) and sweep.task_runner == "local"
+    with pytest.raises(ParamsError, match="sweep.worker"):
+        from_dict(SweepParams, {**good, "worker": 3}, "params.yaml", "sweep")
+    with pytest.raises(ParamsError, match="task_runner"):
+        from_dict(SweepParams, {**good, "task_runner": "slurm"}, "params.yaml", "sweep")
+    with pytest.raises(ParamsError, match="kappa"):
+        from_dict(SweepParams, {**good, "kappa": [0.2, -1.0]}, "params.yaml", "sweep")
+    with pytest.raises(ParamsError, match="missing"):
+        from_dict(SweepParams, {k: v for k, v in good.items() if k != "seeds"}, "params.yaml", "sweep")
+
+
+def test_real_params_file_has_a_valid_sweep_section_if_any():
+    raw = read_yaml(ROOT / "params.yaml")
+    if "sweep" in raw:
+        from_dict(SweepParams, raw["sweep"], ROOT / "params.yaml", "sweep")
+
+
+def test_grid_is_the_full_product_with_one_folder_a_point():
+    sweep = SweepParams(datasets=("a", "b"), kappa=(0.1, 0.2, 0.3), models=("vhp", "iwae"), seeds=(0, 1))
+    points = grid(sweep)
+    assert len(points) == 2 * 3 * 2 * 2
+    assert len({p.folder for p in points}) == len(points)
+    assert points[0].folder.as_posix() == "a/vhp/kappa=0.1/seed=0"
+
+
+def test_table_aggregates_mean_and_sd_over_seeds(tmp_path):
+    rows = [
+        {"dataset": "d", "model": m, "kappa": k, "seed": s, "test_log_likelihood": ll + s,
+         "knn_accuracy": 0.5 + 0.1 * s, "final_lambda": 1.0, "final_c_hat": 0.01, "constraint_met": s == 0}
+        for m, ll in (("vhp", -10.0), ("iwae", -12.0)) for k in (0.1, 0.2) for s in (0, 1)
+    ]
+    summary = aggregate(rows)
+    assert len(summary) == 4
+    cell = next(s for s in summary if s["model"] == "vhp" and s["kappa"] == 0.1)
+    assert cell["test_log_likelihood_mean"] == pytest.approx(-9.5)
+    assert cell["test_log_likelihood_sd"] == pytest.approx(math.sqrt(0.5))
+    assert cell["constraint_met"] == 1 and cell["n_seeds"] == 2
+    assert "| d | vhp | 0.1 | 2 | -9.50 ± 0.71 |" in results_markdown(summary)
+    paths = write_results(rows, tmp_path)
+    assert paths["figure"].stat().st_size > 0
+    with open(paths["csv"]) as f:
+        assert len(list(csv.DictReader(f))) == len(rows)
+
+
+@pytest.fixture(scope="module")
+def harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def test_dask_sweep_writes_table_and_figure_and_a_rerun_skips_finished_points(tmp_path, harness):
+    pytest.importorskip("prefect_dask")
+    data = {"toy": synthetic_group(tmp_path / "toy.zarr", n_train=64, n_test=32)}
+    train = tiny_params(epochs=1, batch_size=32)
+    sweep = SweepParams(datasets=("toy",), kappa=(0.2, 0.5), models=("vhp", "vae"), seeds=(0, 1),
+                        task_runner="dask", n_workers=2, out=str(tmp_path / "sweep"), epochs=1)
+    base = BaseParams(seed=0, threads=1)
+    rows = run_sweep(sweep, train, TINY_EVALUATE, base, data)
+
+    out = tmp_path / "sweep"
+    assert len(rows) == 8 and all(r["status"] == "trained" for r in rows)
+    assert {(r["model"], r["kappa"], r["seed"]) for r in rows} == {
+        (m, k, s) for m in ("vhp", "vae") for k in (0.2, 0.5) for s in (0, 1)}
+    for name in ("results.csv", "results.md", "results.png"):
+        assert (out / name).stat().st_size > 0
+    assert all(math.isfinite(r["test_log_likelihood"]) and 0 <= r["knn_accuracy"] <= 1 for r in rows)
+    point = out / "toy" / "vhp" / "kappa=0.2" / "seed=1"
+    assert {"model", "eval", "point.json"} <= {p.name for p in point.iterdir()}
+    assert not (point / "checkpoint.pt").exists()
+
+    # Rerun on the local runner: every point is finished, except the one whose record was removed,
+    # and that one comes out as it did on the Dask worker (each point seeds itself).
+    removed = json.loads((point / "point.json").read_text())
+    (point / "point.json").unlink()
+    again = run_sweep(dataclasses.replace(sweep, task_runner="local"), train, TINY_EVALUATE, base, data)
+    trained = [r for r in again if r["status"] == "trained"]
+    assert len(trained) == 1 and sum(r["status"] == "skipped" for r in again) == 7
+    redo = {k: v for k, v in trained[0].items() if k not in ("seconds", "status")}
+    assert redo == {k: v for k, v in removed["row"].items() if k != "seconds"}
+
+    # A point whose recorded config differs (other epochs) is not finished.
+    config = json.loads((point / "point.json").read_text())["config"]
+    assert read_finished(point, config) is not None
+    assert read_finished(point, {**config, "train": {**config["train"], "epochs": 2}}) is None
+
+
+def test_grid_point_folder_names_kappa_compactly():
+    assert GridPoint("mocap", "vhp", 0.25, 3).folder.as_posix() == "mocap/vhp/kappa=0.25/seed=3"
+
+
+def test_a_failed_point_does_not_hide_the_others(tmp_path, harness, monkeypatch):
+    import pipelines.sweep as sweep_module
+
+    def fake_run_point(point, data_path, point_dir, train, evaluate, device, threads, config):
+        if point.seed == 1:
+            raise RuntimeError("diverged")
+        return {"dataset": point.dataset, "model": point.model, "kappa": point.kappa, "seed": point.seed,
+                "test_log_likelihood": -1.0, "knn_accuracy": 0.5, "seconds": 0.0}
+
+    monkeypatch.setattr(sweep_module, "run_point", fake_run_point)
+    data = {"toy": synthetic_group(tmp_path / "toy.zarr", n_train=32, n_test=16)}
+    sweep = SweepParams(datasets=("toy",), kappa=(0.2,), models=("vhp",), seeds=(0, 1), out=str(tmp_path / "s"))
+    with pytest.raises(sweep_module.SweepError, match="1 of 2 points failed"):
+        run_sweep(sweep, tiny_params(), TINY_EVALUATE, BaseParams(threads=1), data)
+    with open(tmp_path / "s" / "results.csv") as f:
+        assert [row["seed"] for row in csv.DictReader(f)] == ["0"]
