@@ -23,7 +23,13 @@ from .networks import network_autocast
 from .priors import GaussianConditional, HierarchicalPrior, StandardNormalPrior, VampPrior
 from .training import train_step
 
-# --- geometry (magnification factor, graph interpolation): import added here by the lead ---
+from .geometry import (
+    decoder_jacobian,
+    latent_grid,
+    magnification_factor,
+    magnification_factor_from_jacobian,
+    magnification_factor_grid,
+)
 
 __all__ = [
     "IWAE",
@@ -43,6 +49,11 @@ __all__ = [
     "VampPrior",
     "VampVAE",
     "build_likelihood",
+    "decoder_jacobian",
+    "latent_grid",
+    "magnification_factor",
+    "magnification_factor_from_jacobian",
+    "magnification_factor_grid",
     "build_model",
     "constraint_rule",
     "fixed_update",

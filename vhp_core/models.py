@@ -219,8 +219,13 @@ class VampVAE(LatentVariableModel):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)
-        init_mean = 0.5 if config.likelihood == "bernoulli" else 0.0
-        self.prior = VampPrior(self.encoder, config.x_shape, config.n_pseudo, init_mean)
+        if config.likelihood == "bernoulli":
+            # Tomczak & Welling's initialisation for binary images: dark, nearly equal
+            # pseudo-inputs that the data pull apart; grey (0.5) ones start far from
+            # every binary datum and cost tens of nats early on.
+            self.prior = VampPrior(self.encoder, config.x_shape, config.n_pseudo, 0.05, 0.01, unit_interval=True)
+        else:
+            self.prior = VampPrior(self.encoder, config.x_shape, config.n_pseudo, 0.0, 0.1)
 
     def objective_parts(self, x: torch.Tensor, generator: torch.Generator | None = None) -> ObjectiveParts:
         log_px, c, z, log_q, _, _ = self._elbo_parts(x, generator)

@@ -21,6 +21,7 @@ import math
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from .bounds import importance_weighted_bound
 from .gaussian import log_normal_diag, log_normal_from_noise, log_standard_normal, reparameterise
@@ -55,16 +56,35 @@ class StandardNormalPrior(nn.Module):
 class VampPrior(nn.Module):
     """p(z) = 1/K sum_k q_phi(z|u_k) with K learned pseudo-inputs u_k (Tomczak & Welling 2018)."""
 
-    def __init__(self, encoder: GaussianEncoder, x_shape: tuple[int, ...], n_pseudo: int, init_mean: float = 0.0) -> None:
+    def __init__(
+        self,
+        encoder: GaussianEncoder,
+        x_shape: tuple[int, ...],
+        n_pseudo: int,
+        init_mean: float = 0.0,
+        init_std: float = 0.1,
+        unit_interval: bool = False,
+    ) -> None:
         super().__init__()
         # The encoder belongs to the model; holding it in a tuple keeps it out of this
         # module's parameters and state_dict (the prior's own parameters are the u_k only).
         self._encoder = (encoder,)
-        self.pseudo_inputs = nn.Parameter(init_mean + 0.1 * torch.randn(n_pseudo, *x_shape))
+        self.unit_interval = unit_interval
+        self.pseudo_inputs = nn.Parameter(init_mean + init_std * torch.randn(n_pseudo, *x_shape))
+
+    def inputs(self) -> torch.Tensor:
+        """The pseudo-inputs u_k as the encoder sees them.
+
+        For binary data they are kept in [0, 1] (hardtanh), where the data live: a
+        pseudo-input outside that range places its component away from every posterior.
+        """
+        if self.unit_interval:
+            return F.hardtanh(self.pseudo_inputs, 0.0, 1.0)
+        return self.pseudo_inputs
 
     def components(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(mu, logvar) of q_phi(z|u_k), (K, latent) each."""
-        return self._encoder[0](self.pseudo_inputs)
+        return self._encoder[0](self.inputs())
 
     def log_prob(self, z: torch.Tensor, k: int | None = None) -> torch.Tensor:
         """Exact log p(z) per row, logsumexp over the K components minus log K; `k` is ignored."""
