@@ -373,7 +373,10 @@ def evaluate_model(
     torch.manual_seed(params.seed)
     attrs = dict(dataset.attrs)
     name = str(getattr(dataset, "name", attrs.get("dataset", data_path.stem)))
-    title = f"{config.model} on {name}"
+    stand_in = bool(attrs.get("stand_in", False))
+    source = str((attrs.get("params") or {}).get("source", ""))
+    # Stand-in data (the procedural head, the embedded single trial) say so in every artefact.
+    title = f"{config.model} on {name}" + (f" (stand-in data: {source or 'embedded'})" if stand_in else "")
     stages = tqdm(total=7, desc=f"evaluate {config.model}/{name}", disable=not progress)
 
     def done(what: str) -> None:
@@ -393,6 +396,8 @@ def evaluate_model(
         metrics: dict[str, Any] = {
             "dataset": name,
             "model": config.model,
+            "stand_in_data": stand_in,
+            "data_source": source,
             "latent_dim": int(config.latent_dim),
             "n_test": int(len(x_test)),
             "test_log_likelihood": float(log_px.mean()),

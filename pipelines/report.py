@@ -243,6 +243,12 @@ def _render(eval_root: Path, models_root: Path, out: Path, params: ReportParams)
 
     for dataset in datasets:
         body.append(f'<h2 id="{html.escape(dataset)}">{html.escape(dataset)}</h2>')
+        stand_ins = {str(m.get("data_source") or "embedded") for m in metrics.get(dataset, {}).values()
+                     if m.get("stand_in_data")}
+        if stand_ins:
+            body.append(f"<p><strong>Stand-in data</strong> ({html.escape(', '.join(sorted(stand_ins)))}): "
+                        "the small default that needs no download, not the data of the paper. "
+                        "Point params.yaml at real data for numbers worth comparing.</p>")
         evaluated = _model_order(list(metrics.get(dataset, {})), params.compare)
         side = [m for m in params.compare if m in evaluated] or evaluated[:2]
         if side:
