@@ -182,3 +182,22 @@ def test_training_refuses_a_broken_zarr_group(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "toy.zarr" in err
     assert not (tmp_path / "m" / "model.pt").exists()
+
+
+def test_prepare_refuses_a_malformed_amc_with_exit_2_and_no_output(tmp_path, capsys):
+    src = tmp_path / "raw" / "07"
+    src.mkdir(parents=True)
+    asf = ROOT.parent / "shared" / "data" / "cmu" / "07" / "07.asf"
+    if not asf.exists():
+        pytest.skip("reference CMU skeleton not found beside the clone")
+    (src / "07.asf").write_bytes(asf.read_bytes())
+    (src / "07_01.amc").write_text(":FULLY-SPECIFIED\n:DEGREES\n1\nroot 0 0 0 0 0 0\nlowerback 1 2\n")
+    params = write_params(tmp_path / "params.yaml")
+    out = tmp_path / "mocap.zarr"
+    code = main(["prepare", "mocap", "--source", str(tmp_path / "raw"), "--out", str(out),
+                 "--params", str(params), "--no-progress"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "07_01.amc" in err
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".mocap.zarr")]
