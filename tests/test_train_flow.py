@@ -208,3 +208,31 @@ def test_tampered_checkpoint_is_refused(tmp_path):
     path.write_bytes(pickle.dumps({"config": Exploit()}))
     with pytest.raises(CheckpointError):
         load_payload(path)
+
+
+def test_streamed_data_visit_every_row_once_and_match_the_array(tmp_path):
+    dataset = open_dataset(synthetic_group(tmp_path / "toy.zarr", n_train=100))
+    params = tiny_params(memory_budget_mb=0)
+    streamed = load_training_data(dataset, params)
+    assert streamed.streamed and streamed.window_rows > 0
+    in_memory = load_training_data(dataset, tiny_params())
+    assert not in_memory.streamed
+    # small windows, so that batches straddle windows
+    streamed = dataclasses.replace(streamed, window_rows=7, _windows={})
+    perm = streamed.epoch_permutation(torch.Generator().manual_seed(0))
+    assert sorted(perm.tolist()) == list(range(100))
+    for start in range(0, 100, 16):
+        idx = perm[start:start + 16]
+        assert torch.equal(streamed.batch(idx), in_memory.batch(idx))
+    assert len(streamed._windows) <= 2
+
+
+def test_training_on_streamed_data(tmp_path):
+    params = tiny_params(memory_budget_mb=0, epochs=2)
+    dataset = open_dataset(synthetic_group(tmp_path / "toy.zarr"))
+    data = load_training_data(dataset, params)
+    config = model_config(params, "toy", "vhp", dataset.x_shape, dataset.likelihood)
+    result = fit(fresh_model(config), config, constraint_config(params, "toy"), data, params, 0,
+                 tmp_path / "ck.pt", progress=False)
+    assert data.streamed and result.step == 2 * 6
+    assert all(torch.isfinite(p).all() for p in result.model.parameters())
