@@ -276,7 +276,13 @@ class TrainingData:
         return self._windows[index]
 
     def batch(self, idx: torch.Tensor) -> torch.Tensor:
-        if self.streamed:
+        if self.streamed and self.window_rows <= 0:
+            # no window: read exactly the rows asked for (sorted, as zarr wants)
+            order = torch.argsort(idx)
+            rows = np.asarray(self.x.get_orthogonal_selection((idx[order].numpy(),)), dtype=np.float32)
+            xb = torch.empty((len(idx),) + rows.shape[1:], dtype=torch.float32)
+            xb[order] = torch.from_numpy(rows)
+        elif self.streamed:
             window = idx // self.window_rows
             xb = torch.empty((len(idx),) + tuple(self.x.shape[1:]), dtype=torch.float32)
             for w in torch.unique(window).tolist():

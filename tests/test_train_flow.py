@@ -225,6 +225,9 @@ def test_streamed_data_visit_every_row_once_and_match_the_array(tmp_path):
         idx = perm[start:start + 16]
         assert torch.equal(streamed.batch(idx), in_memory.batch(idx))
     assert len(streamed._windows) <= 2
+    rows_only = dataclasses.replace(streamed, window_rows=0, _windows={})  # exact-row reads
+    idx = torch.tensor([5, 99, 0, 42])
+    assert torch.equal(rows_only.batch(idx), in_memory.batch(idx))
 
 
 def test_training_on_streamed_data(tmp_path):
