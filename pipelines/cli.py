@@ -28,33 +28,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     """Exception types that mean 'bad input', reported without a traceback."""
     from pipelines.checkpoint import CheckpointError
     from pipelines.params import ParamsError
+    from pipelines.retrain import RetrainError
+    from pipelines.train import TrainingError
+    from preprocessing.errors import PreprocessingError
 
-    errors: list[type[BaseException]] = [ParamsError, CheckpointError, FileNotFoundError]
-    try:
-        from preprocessing.store import DatasetError
-
-        errors.append(DatasetError)
-    except ImportError:
-        pass
-    try:
-        from preprocessing.errors import PreprocessingError
-
-        errors.append(PreprocessingError)
-    except ImportError:
-        pass
-    try:
-        from pipelines.train import TrainingError
-
-        errors.append(TrainingError)
-    except ImportError:
-        pass
-    try:
-        from pipelines.retrain import RetrainError
-
-        errors.append(RetrainError)
-    except ImportError:
-        pass
-    return tuple(errors)
+    # DatasetError and the parsers' errors are PreprocessingErrors.
+    return (ParamsError, CheckpointError, FileNotFoundError, PreprocessingError, TrainingError, RetrainError)
 
 
 # --------------------------------------------------------------------------- commands
@@ -100,10 +79,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     raw = _load_stage_params(args.params)
     base = section(BaseParams, raw, "base", args.params)
     params = section(TrainParams, raw, "train", args.params)
-    if args.max_steps_epochs is not None:
+    if args.epochs is not None:
         import dataclasses
 
-        params = dataclasses.replace(params, epochs=args.max_steps_epochs)
+        params = dataclasses.replace(params, epochs=args.epochs)
     checkpoints = Path(args.checkpoints) if args.checkpoints else Path("checkpoints") / args.dataset / args.model
     metrics = run_training(args.dataset, args.model, Path(args.data), Path(args.out), checkpoints,
                            params, base, progress=not args.no_progress)
@@ -221,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="model folder to write (models/<dataset>/<model>)")
     p.add_argument("--checkpoints", default=None,
                    help="resumption checkpoints (default: checkpoints/<dataset>/<model>)")
-    p.add_argument("--epochs", dest="max_steps_epochs", type=int, default=None,
+    p.add_argument("--epochs", type=int, default=None,
                    help="override train.epochs (quick checks)")
     params_arg(p)
     progress_arg(p)

@@ -373,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
         check_lock_step(model, result.state, world)
         if world.rank == 0:
             model.to("cpu")
-            test_terms = evaluate_elbo(model, dataset.test.x, dataset.likelihood, base.seed)
+            test_terms = evaluate_elbo(model, dataset, base.seed)
             metrics = write_outputs(result, config, ccfg, params, base.seed, Path(args.out), test_terms, name)
             print(f"{model_name} on {name}: {result.step} steps on {world.world_size} process(es), "
                   f"{world.n_shards} shard(s) a batch, lambda {metrics['final_lambda']:.4g}, "

@@ -119,7 +119,8 @@ def _label_info(attrs: dict[str, Any], name: str) -> tuple[str, list[str] | None
     return str(info.get("kind", "categorical")), [str(c) for c in classes] if isinstance(classes, list) else None
 
 
-def _test_x(dataset: Any) -> np.ndarray:
+def test_inputs(dataset: Any) -> np.ndarray:
+    """The test split as float32 rows, as every test-set number is computed on."""
     # Bernoulli likelihoods need binary data; the group carries a fixed seeded binarisation.
     if dataset.likelihood == "bernoulli":
         binarised = (getattr(dataset.test, "extra", None) or {}).get("x_binarised")
@@ -153,8 +154,9 @@ def decode_means(model: torch.nn.Module, z: np.ndarray, batch_size: int) -> np.n
 def mean_loss_terms(model: torch.nn.Module, x: np.ndarray, batch_size: int) -> dict[str, float]:
     """Batch-size-weighted means of the loss terms at lambda = 1 over x."""
     sums = {"elbo": 0.0, "reconstruction": 0.0, "nll": 0.0, "regulariser": 0.0}
+    device = next(model.parameters()).device
     for i in range(0, len(x), batch_size):
-        batch = torch.from_numpy(x[i:i + batch_size])
+        batch = torch.from_numpy(x[i:i + batch_size]).to(device)
         terms = model.loss(batch)
         for key in sums:
             sums[key] += float(getattr(terms, key)) * len(batch)
@@ -385,7 +387,7 @@ def evaluate_model(
 
     try:
         # 1. Test-set numbers.
-        x_test = _test_x(dataset)
+        x_test = test_inputs(dataset)
         terms = mean_loss_terms(model, x_test, params.batch_size)
         ll_index = _subset(len(x_test), params.ll_points, rng)
         hierarchical = config.model in ("vhp", "vhp-geco")

@@ -17,6 +17,7 @@ schedule, and keeps no cache of its own.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import json
 import math
@@ -30,11 +31,9 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from pipelines import configure_offline_prefect
 from pipelines.checkpoint import atomic_write_json
 from pipelines.params import read_yaml, section
 
-configure_offline_prefect()
 
 
 class RetrainError(RuntimeError):
@@ -318,14 +317,9 @@ def _build_flow():
     return retrain
 
 
-_FLOW = None
-
-
+@functools.cache
 def retrain_flow():
-    global _FLOW
-    if _FLOW is None:
-        _FLOW = _build_flow()
-    return _FLOW
+    return _build_flow()
 
 
 def run_retrain_once(project: Path, force: bool = False) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import csv
 import dataclasses
 import io
@@ -46,10 +47,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
-
-from pipelines import configure_offline_prefect
-
-configure_offline_prefect()
 
 TASK_RUNNERS = ("local", "dask")
 # Columns of results.csv, in order; the numbers come from the point's eval and model metrics.
@@ -224,7 +221,7 @@ def run_point(point: GridPoint, data_path: Path, point_dir: Path, train: Any, ev
     checkpoint = point_dir / "checkpoint.pt"
     result = fit(model, config_m, ccfg, data, train, point.seed, checkpoint, progress=progress, device=device)
     result.model.to("cpu")
-    test_terms = evaluate_elbo(result.model, dataset.test.x, dataset.likelihood, point.seed)
+    test_terms = evaluate_elbo(result.model, dataset, point.seed)
     model_metrics = write_outputs(result, config_m, ccfg, train, point.seed, point_dir / "model", test_terms,
                                   point.dataset)
     eval_metrics = evaluate_model(point_dir / "model", Path(data_path), point_dir / "eval", evaluate,
@@ -443,15 +440,10 @@ def _build_flow():
     return sweep_flow
 
 
-_FLOW = None
-
-
+@functools.cache
 def sweep_flow():
     """The Prefect ``sweep`` flow (built on first use so that importing is cheap)."""
-    global _FLOW
-    if _FLOW is None:
-        _FLOW = _build_flow()
-    return _FLOW
+    return _build_flow()
 
 
 def plan_sweep(sweep: SweepParams, train: Any, evaluate: Any, device: str,

@@ -17,6 +17,7 @@ seed, ends with the same weights as an uninterrupted run.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -24,14 +25,13 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
-from pipelines import configure_offline_prefect
 from pipelines.checkpoint import (
     CheckpointError,
     atomic_torch_save,
@@ -49,7 +49,6 @@ from vhp_core import (
     train_step,
 )
 
-configure_offline_prefect()
 
 CURVE_COLUMNS = (
     "step", "epoch", "lr", "total", "reconstruction", "nll", "regulariser",
@@ -384,7 +383,6 @@ def fit(
     checkpoint_path: Path,
     progress: bool = True,
     stop_after_steps: int | None = None,
-    on_checkpoint: Callable[[int], None] | None = None,
     device: torch.device | str = "cpu",
 ) -> FitResult:
     """Train ``model`` on ``data``; resume from ``checkpoint_path`` when it matches.
@@ -465,13 +463,15 @@ def fit(
                 step += 1
                 if activation_step is None and state.prior_active:
                     activation_step = step
-                for key in ("total", "reconstruction", "nll", "regulariser", "elbo"):
-                    value = terms.total.item() if key == "total" else getattr(terms, key)
+                total = float(terms.total.item())
+                values = {"total": total, "reconstruction": terms.reconstruction, "nll": terms.nll,
+                          "regulariser": terms.regulariser, "elbo": terms.elbo}
+                for key, value in values.items():
                     epoch_sums[key] = epoch_sums.get(key, 0.0) + float(value) * len(idx)
                 epoch_sums["n"] = epoch_sums.get("n", 0.0) + len(idx)
                 if step % params.log_every == 0 or step == total_steps:
                     curves.append([
-                        step, epoch, lr, float(terms.total.item()), terms.reconstruction, terms.nll,
+                        step, epoch, lr, total, terms.reconstruction, terms.nll,
                         terms.regulariser, state.lambda_, state.c_hat, terms.constraint, terms.elbo,
                         float(state.prior_active),
                     ])
@@ -483,8 +483,6 @@ def fit(
                     atomic_torch_save(checkpoint_path, _checkpoint_payload(
                         model, optimiser, state, config, ccfg, step, epoch, batch_index, perm, gen,
                         curves, fp, skipped, activation_step, epoch_sums))
-                    if on_checkpoint is not None:
-                        on_checkpoint(step)
                 if stop_after_steps is not None and step >= stop_after_steps:
                     raise _Interrupted()
             epoch += 1
@@ -506,26 +504,22 @@ class _Interrupted(Exception):
 
 
 @torch.no_grad()
-def evaluate_elbo(model: torch.nn.Module, x: Any, likelihood: str, seed: int,
-                  batch_size: int = 512) -> dict[str, float]:
-    """Mean loss terms over a data split (one z per point, fixed seed)."""
+def evaluate_elbo(model: torch.nn.Module, dataset: Any, seed: int, batch_size: int = 512) -> dict[str, float]:
+    """Mean loss terms over the test split, one z per point with a fixed seed.
+
+    The same inputs and means as the evaluate stage (its fixed binarised test copy
+    for Bernoulli data), so the two stages' numbers agree.
+    """
+    from pipelines.evaluate import mean_loss_terms, test_inputs
+
     model.eval()
     state = torch.get_rng_state()
     torch.manual_seed(seed)
-    sums: dict[str, float] = {}
-    n_total = 0
-    n = int(x.shape[0])
-    for start in range(0, n, batch_size):
-        xb = torch.from_numpy(np.asarray(x[start:start + batch_size], dtype=np.float32))
-        if likelihood == "bernoulli":
-            xb = torch.bernoulli(xb)
-        terms = model.loss(xb.to(next(model.parameters()).device))
-        for key in ("reconstruction", "nll", "regulariser", "elbo"):
-            sums[key] = sums.get(key, 0.0) + float(getattr(terms, key)) * len(xb)
-        n_total += len(xb)
-    torch.set_rng_state(state)
-    model.train()
-    return {k: v / max(n_total, 1) for k, v in sums.items()}
+    try:
+        return mean_loss_terms(model, test_inputs(dataset), batch_size)
+    finally:
+        torch.set_rng_state(state)
+        model.train()
 
 
 def curves_tsv(curves: list[list[float]]) -> str:
@@ -586,14 +580,12 @@ def write_outputs(result: FitResult, config: ModelConfig, ccfg: ConstraintConfig
 
 def plot_curves(curves: list[list[float]], path: Path, title: str, kappa_squared: float) -> None:
     """Training curves as a PNG (lambda, C_hat against kappa^2, loss terms)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from pipelines.figures import new_figure, save_figure
 
     arr = np.asarray(curves, dtype=float).reshape(-1, len(CURVE_COLUMNS))
     col = {name: i for i, name in enumerate(CURVE_COLUMNS)}
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    fig = new_figure(13, 3.4)
+    axes = fig.subplots(1, 3)
     steps = arr[:, col["step"]]
     axes[0].plot(steps, arr[:, col["lambda"]], color="C3")
     axes[0].set_yscale("log")
@@ -613,11 +605,7 @@ def plot_curves(curves: list[list[float]], path: Path, title: str, kappa_squared
         ax.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, Path(path))
 
 
 def hold_run_lock(lock_dir: Path) -> FileLock:
@@ -673,7 +661,7 @@ def _build_flow():
 
     @task(name="write-outputs", cache_policy=NONE)
     def outputs(result, config, ccfg, params, seed, out_dir, dataset, dataset_name):
-        test_terms = evaluate_elbo(result.model, dataset.test.x, dataset.likelihood, seed)
+        test_terms = evaluate_elbo(result.model, dataset, seed)
         return write_outputs(result, config, ccfg, params, seed, Path(out_dir), test_terms, dataset_name)
 
     @flow(name="train", log_prints=True)
@@ -720,15 +708,10 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-_FLOW = None
-
-
+@functools.cache
 def train_flow():
     """The Prefect ``train`` flow (built on first use so that importing is cheap)."""
-    global _FLOW
-    if _FLOW is None:
-        _FLOW = _build_flow()
-    return _FLOW
+    return _build_flow()
 
 
 def run_training(dataset_name: str, model_name: str, data_path: Path, out_dir: Path,

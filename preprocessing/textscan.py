@@ -222,7 +222,6 @@ def parse_decimals(sc: Scan, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray
 
 def _parse_general(sc: Scan, start: np.ndarray, length: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Any token: exponents and up to 16 bytes vectorised, the rest through ``float()``."""
-    n = len(start)
     words = sc.buf.view("<u8")
     # The 16 bytes from the token start: a funnel shift of three aligned words.
     at = start >> 3

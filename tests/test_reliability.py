@@ -19,8 +19,7 @@ import yaml
 from pipelines.checkpoint import atomic_torch_save, load_payload
 from pipelines.cli import main
 from pipelines.params import read_yaml
-from pipelines.train import NonFiniteTrainingError, fit, load_training_data
-from preprocessing.store import open_dataset
+from pipelines.train import NonFiniteTrainingError, fit
 from test_train_flow import fresh_model, make_run, synthetic_group, tiny_params
 
 ROOT = Path(__file__).resolve().parents[1]
