@@ -1,7 +1,7 @@
 """Benchmark: vhp_core against pythae 0.1.2 on the same model, data and machine.
 
 Data: dynamically binarised Fashion-MNIST from the zarr group of the prepare stage
-(`vhp prepare fashion-mnist --out data/processed/fashion_mnist.zarr`, run here when the
+(`vhp prepare fashion_mnist --out data/processed/fashion_mnist.zarr`, run here when the
 group is missing). Every training batch is a fresh Bernoulli draw of the grey levels;
 test log-likelihoods use the group's fixed binarised test set `test/x_binarised`.
 
@@ -160,7 +160,7 @@ def ensure_data(path: Path) -> None:
     """Create the zarr group with the prepare stage's command when it is missing."""
     if path.exists():
         return
-    cmd = [sys.executable, "-m", "pipelines.cli", "prepare", "fashion-mnist", "--out", str(path), "--no-progress"]
+    cmd = [sys.executable, "-m", "pipelines.cli", "prepare", "fashion_mnist", "--out", str(path), "--no-progress"]
     print("preparing data:", " ".join(cmd), flush=True)
     subprocess.run(cmd, cwd=REPO, check=True)
 

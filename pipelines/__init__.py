@@ -28,3 +28,39 @@ def configure_offline_prefect(home: Path | None = None) -> None:
 
 
 configure_offline_prefect()
+
+
+class _DropExpectedErrors:
+    """A logging filter that drops Prefect's reports of errors the CLI reports itself in one line."""
+
+    def __init__(self, errors: tuple[type[BaseException], ...]) -> None:
+        self.errors = errors
+        self.names = tuple(e.__name__ for e in errors)
+
+    def filter(self, record) -> bool:  # noqa: ANN001 - logging.LogRecord
+        if not record.name.startswith("prefect"):
+            return True
+        if record.exc_info and isinstance(record.exc_info[1], self.errors):
+            return False
+        if record.levelname in ("ERROR", "WARNING", "CRITICAL"):
+            message = record.getMessage()
+            return not any(name in message for name in self.names)
+        return True
+
+
+def quiet_expected_errors(errors: tuple[type[BaseException], ...], enabled: bool = True) -> None:
+    """Keep Prefect's tracebacks of our expected errors off the terminal.
+
+    They still reach Prefect's run logs (the API handler is left alone); the CLI prints
+    its one-line message. ``vhp --debug`` leaves Prefect's console output as it is.
+    """
+    if not enabled:
+        return
+    import logging
+
+    from prefect.logging.configuration import setup_logging
+
+    setup_logging()
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, _DropExpectedErrors) for f in handler.filters):
+            handler.addFilter(_DropExpectedErrors(errors))

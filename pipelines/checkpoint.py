@@ -6,16 +6,36 @@ RNG states, constraint state, config), so it loads with
 objects is refused rather than executed. Every file is written to a temporary
 path beside its target and renamed into place, so a kill at any moment leaves
 either the previous complete file or the new complete file, never half of one.
+The temporary name carries the writer's host and process id; the next write to
+the same target removes those whose process is gone (a writer killed mid-save),
+and no reader ever opens them.
+
+``load_payload`` is strict: it checks every record of the zip archive against
+its CRC-32 before unpickling, so a torn or corrupted file raises
+``CheckpointError`` instead of yielding garbage weights.
+
+Fault injection: with the environment variable ``VHP_FAULT_INJECT`` set to one
+of ``FAULT_POINTS``, every atomic write in that process kills the process with
+SIGKILL at that point: ``mid-write`` (half the bytes in the temporary file),
+``after-write`` (all bytes written and flushed, not yet fsynced),
+``after-fsync`` (the temporary complete, not yet renamed) and ``after-rename``
+(the target replaced, its directory not yet fsynced). Tests use it to show
+that a kill at each point leaves the previous or the new file.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import glob
 import io
 import json
 import os
 import pickle
+import signal
+import socket
 import tempfile
+import zipfile
+import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,8 +45,7 @@ if TYPE_CHECKING:
     from vhp_core import ModelConfig
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be used: missing, unreadable, tampered or mismatched."""
+from pipelines.errors import CheckpointError  # noqa: E402,F401  (raised by the loaders below)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -42,20 +61,71 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+FAULT_POINTS = ("mid-write", "after-write", "after-fsync", "after-rename")
+_TMP_SUFFIX = ".tmp"
+
+
+def _fault_point(point: str) -> None:
+    """Kill this process at ``point`` when ``VHP_FAULT_INJECT`` names it (see the module notes)."""
+    chosen = os.environ.get("VHP_FAULT_INJECT")
+    if not chosen:
+        return
+    if chosen not in FAULT_POINTS:
+        raise ValueError(f"VHP_FAULT_INJECT={chosen!r} is none of {', '.join(FAULT_POINTS)}")
+    if chosen == point:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _owner() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. PermissionError: it exists, owned by someone else
+        return True
+    return True
+
+
+def stale_temporaries(path: Path) -> list[Path]:
+    """Temporary files of writes to ``path`` left by a process of this host that is gone."""
+    path = Path(path)
+    prefix, host = f".{path.name}.", socket.gethostname()
+    stale = []
+    for tmp in path.parent.glob(f"{glob.escape(prefix)}*{_TMP_SUFFIX}"):
+        owner = tmp.name[len(prefix) : -len(_TMP_SUFFIX)].rpartition(".")[0]  # drop mkstemp's random part
+        owner_host, _, pid = owner.rpartition("-")
+        if owner_host == host and pid.isdigit() and not _process_alive(int(pid)):
+            stale.append(tmp)
+    return stale
+
+
 def atomic_write_bytes(path: Path, data: bytes | memoryview) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_owner()}.", suffix=_TMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            view = memoryview(data).cast("B")
+            fh.write(view[: len(view) // 2])
             fh.flush()
+            _fault_point("mid-write")
+            fh.write(view[len(view) // 2 :])
+            fh.flush()
+            _fault_point("after-write")
             os.fsync(fh.fileno())
+        _fault_point("after-fsync")
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fault_point("after-rename")
     _fsync_dir(path.parent)
+    for stale in stale_temporaries(path):
+        stale.unlink(missing_ok=True)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -72,11 +142,34 @@ def atomic_torch_save(path: Path, payload: dict[str, Any]) -> None:
     atomic_write_bytes(path, buffer.getbuffer())
 
 
+def _check_archive(path: Path) -> None:
+    """Refuse a torn or corrupted zip-format checkpoint: every record must match its CRC-32."""
+    with open(path, "rb") as fh:
+        if fh.read(4) != b"PK\x03\x04":
+            return  # not a zip archive: torch's weights-only unpickler decides below
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, NotImplementedError) as err:
+        raise CheckpointError(f"{path}: torn or corrupted checkpoint (incomplete zip archive: {err})") from err
+    if bad is not None:
+        raise CheckpointError(f"{path}: torn or corrupted checkpoint (record {bad!r} fails its CRC-32 check)")
+
+
 def load_payload(path: Path) -> dict[str, Any]:
-    """Load a checkpoint dict with ``weights_only=True``; refuse anything else."""
+    """Load a checkpoint dict with ``weights_only=True``; refuse anything else.
+
+    Raises ``CheckpointError`` for a missing, torn, corrupted, tampered or foreign file;
+    callers polling a checkpoint that is being rewritten need not retry (the writer
+    renames complete files into place), so any error here is real.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        _check_archive(path)
+    except OSError as err:
+        raise CheckpointError(f"{path}: unreadable checkpoint ({err})") from err
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:

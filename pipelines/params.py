@@ -1,145 +1,244 @@
-"""params.yaml -> frozen dataclasses, once, at the entry point.
+"""params.yaml -> frozen dataclasses, once, at the entry point: every stage's params record.
 
-Every section of ``params.yaml`` maps to one frozen dataclass. The conversion is
-strict in both directions: a key the dataclass does not know is refused, and a
-field without a default that the file does not set is refused, each with a
-message naming the file and the dotted key (``train.model.latent_dim``). Value
-checks (negative sizes, kappa <= 0, ...) live in the dataclasses'
-``__post_init__`` and are reported the same way.
+Each section of ``params.yaml`` maps to one frozen dataclass here (the
+``prepare_*`` records live beside their preprocessing code). The records have no
+defaults: params.yaml is the only source of values, so a key deleted from the file
+is an error, never silently filled in (``pipelines.params_file`` reads strictly).
+Value checks (negative sizes, kappa <= 0, ...) live in ``__post_init__``.
+vhp_core's ``ModelConfig`` and ``ConstraintConfig`` are built from these records by
+``pipelines.train.model_config`` and ``constraint_config``.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import types
-import typing
-from pathlib import Path
-from typing import Any, TypeVar
+from dataclasses import dataclass
 
-import yaml
-
-T = TypeVar("T")
-
-DEFAULT_PARAMS = Path("params.yaml")
-
-
-class ParamsError(ValueError):
-    """A params file that cannot become the stage configs."""
-
-    def __init__(self, path: Path | str, key: str, problem: str) -> None:
-        self.path = str(path)
-        self.key = key
-        self.problem = problem
-        where = f"{self.path}: {key}" if key else self.path
-        super().__init__(f"{where}: {problem}")
+from pipelines.params_file import (  # noqa: F401  (re-exported: the reader beside the records)
+    DEFAULT_PARAMS,
+    ParamsError,
+    dotted_keys,
+    from_dict,
+    load_section,
+    read_yaml,
+    section,
+)
+from vhp_core.config import MODEL_NAMES
+AUTO = "auto"        # train.kappa.<dataset>: auto -> chosen from the data (METHOD §4)
+LEARNED = "learned"  # train.gaussian_std.<dataset>: learned -> a learned scalar sigma
 
 
-def read_yaml(path: Path | str) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise ParamsError(path, "", "file not found")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ParamsError(path, "", f"not valid YAML ({err})") from err
-    if not isinstance(data, dict):
-        raise ParamsError(path, "", "top level must be a mapping of sections")
-    return data
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
 
 
-def _convert(tp: Any, value: Any, path: Path | str, key: str) -> Any:
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value, path, key)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _convert(inner[0], value, path, key)
-    if origin is typing.Literal:
-        if value not in args:
-            raise ParamsError(path, key, f"must be one of {list(args)}, got {value!r}")
-        return value
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ParamsError(path, key, f"must be a list, got {value!r}")
-        item_type = args[0] if args else Any
-        return tuple(_convert(item_type, v, path, f"{key}[{i}]") for i, v in enumerate(value))
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ParamsError(path, key, f"must be a mapping, got {value!r}")
-        vt = args[1] if len(args) == 2 else Any
-        return {str(k): _convert(vt, v, path, f"{key}.{k}") for k, v in value.items()}
-    if tp is Any:
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ParamsError(path, key, f"must be true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ParamsError(path, key, f"must be an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            # YAML reads 1e-3 (no dot) as a string; accept numeric strings.
-            if isinstance(value, str):
-                try:
-                    return float(value)
-                except ValueError:
-                    pass
-            raise ParamsError(path, key, f"must be a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ParamsError(path, key, f"must be a string, got {value!r}")
-        return value
-    return value
+# --------------------------------------------------------------------------- records
+
+@dataclass(frozen=True)
+class BaseParams:
+    """``base:``: what every stage shares."""
+
+    seed: int
+    threads: int   # torch threads; 0 = all cores
+    device: str    # cpu | auto | cuda
+
+    def __post_init__(self) -> None:
+        _check(self.threads >= 0, f"threads must be >= 0, got {self.threads}")
+        _check(self.device in ("cpu", "auto", "cuda"), f"device must be cpu, auto or cuda, got {self.device!r}")
 
 
-def from_dict(cls: type[T], data: Any, path: Path | str = "params.yaml", key: str = "") -> T:
-    """Build dataclass ``cls`` from a mapping, refusing unknown and missing keys."""
-    if not isinstance(data, dict):
-        raise ParamsError(path, key, f"must be a mapping, got {data!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    hints = typing.get_type_hints(cls)
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        names = ", ".join(f"{key}.{u}" if key else u for u in unknown)
-        raise ParamsError(path, names, f"unknown key (known: {', '.join(sorted(fields))})")
-    kwargs: dict[str, Any] = {}
-    for name, field in fields.items():
-        dotted = f"{key}.{name}" if key else name
-        if name not in data:
-            no_default = field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
-            if no_default:
-                raise ParamsError(path, dotted, "missing key")
-            continue
-        kwargs[name] = _convert(hints[name], data[name], path, dotted)
-    try:
-        return cls(**kwargs)
-    except (ValueError, TypeError) as err:
-        raise ParamsError(path, key or cls.__name__, str(err)) from err
+@dataclass(frozen=True)
+class ModelParams:
+    """``train.model``: the architecture fields of vhp_core.ModelConfig that do not come from the data."""
+
+    latent_dim: int
+    hidden: tuple[int, ...]
+    activation: str
+    zeta_dim: int
+    prior_hidden: tuple[int, ...]
+    k_inner: int
+    k_iw: int
+    n_pseudo: int
 
 
-def section(cls: type[T], params: dict[str, Any], name: str, path: Path | str = DEFAULT_PARAMS) -> T:
-    """The frozen config of one params.yaml section."""
-    if name not in params:
-        raise ParamsError(path, name, "missing section")
-    return from_dict(cls, params[name], path, name)
+@dataclass(frozen=True)
+class ConstraintParams:
+    """``train.constraint``: vhp_core.ConstraintConfig's constants (METHOD §4), kappa aside.
+
+    ``auto_max_fraction`` bounds the initial phase of ``kappa: auto`` relative to the
+    run: at most this fraction of the run's steps (``ConstraintConfig.auto_max_steps``).
+    """
+
+    variant: str
+    alpha: float
+    nu: float
+    tau: float
+    lambda_every: int
+    step_min: float
+    step_max: float
+    lambda_min: float
+    lambda_max: float
+    lambda_init: float
+    geco_nu: float
+    auto_slack: float
+    auto_window: int
+    auto_threshold: float
+    auto_max_fraction: float
+
+    def __post_init__(self) -> None:
+        _check(self.variant in ("authors", "earlier"), f"variant must be authors or earlier, got {self.variant!r}")
+        _check(0.0 < self.auto_max_fraction < 1.0,
+               f"auto_max_fraction must be in (0, 1), got {self.auto_max_fraction}")
 
 
-def load_section(cls: type[T], name: str, path: Path | str = DEFAULT_PARAMS) -> T:
-    return section(cls, read_yaml(path), name, path)
+@dataclass(frozen=True)
+class TrainParams:
+    """``train:``: the training stage (and every caller of ``pipelines.recipe.train_one``)."""
+
+    datasets: tuple[str, ...]
+    models: tuple[str, ...]
+    epochs: int
+    batch_size: int
+    lr: float
+    lr_schedule: str
+    lr_min_factor: float
+    warmup_steps: int
+    checkpoint_every: int
+    log_every: int
+    precision: str
+    max_nonfinite: int
+    max_train_samples: int
+    memory_budget_mb: int
+    require_constraint: bool
+    kappa: dict[str, float | str]
+    gaussian_std: dict[str, float | str]
+    network: dict[str, str]
+    model: ModelParams
+    constraint: ConstraintParams
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "checkpoint_every", "log_every", "max_nonfinite"):
+            _check(getattr(self, name) > 0, f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("max_train_samples", "warmup_steps", "memory_budget_mb"):
+            _check(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
+        _check(self.lr > 0, f"lr must be positive, got {self.lr}")
+        _check(self.lr_schedule in ("constant", "cosine", "step"),
+               f"lr_schedule must be constant, cosine or step, got {self.lr_schedule!r}")
+        _check(0.0 < self.lr_min_factor <= 1.0, f"lr_min_factor must be in (0, 1], got {self.lr_min_factor}")
+        _check(self.precision in ("fp32", "bf16"), f"precision must be fp32 or bf16, got {self.precision!r}")
+        for model in self.models:
+            _check(model in MODEL_NAMES, f"models: unknown model {model!r} (known: {', '.join(MODEL_NAMES)})")
+        for name, kappa in self.kappa.items():
+            _check(kappa == AUTO or (isinstance(kappa, float) and kappa > 0),
+                   f"kappa.{name} must be 'auto' or a number > 0, got {kappa!r}")
+        for name, std in self.gaussian_std.items():
+            _check(std == LEARNED or (isinstance(std, float) and std > 0),
+                   f"gaussian_std.{name} must be 'learned' or a number > 0, got {std!r}")
+        for name, net in self.network.items():
+            _check(net in ("mlp", "conv"), f"network.{name} must be mlp or conv, got {net!r}")
+        for table in ("kappa", "gaussian_std", "network"):
+            for dataset in self.datasets:
+                _check(dataset in getattr(self, table), f"{table} has no value for data set {dataset!r}")
 
 
-def dotted_keys(data: Any, prefix: str = "") -> set[str]:
-    """All dotted keys of a nested mapping (``train.model.latent_dim`` ...)."""
-    keys: set[str] = set()
-    if isinstance(data, dict):
-        for k, v in data.items():
-            dotted = f"{prefix}.{k}" if prefix else str(k)
-            keys.add(dotted)
-            keys |= dotted_keys(v, dotted)
-    return keys
+@dataclass(frozen=True)
+class EvaluateParams:
+    """``evaluate:``. For numbers to compare with the literature: ll_samples 5000, ll_points 0 (all)."""
+
+    seed: int
+    batch_size: int        # encoding, decoding and ELBO batches
+    ll_samples: int        # S, importance samples per test point
+    ll_inner_samples: int  # K_eval, zeta samples per z for the hierarchical prior's p(z)
+    ll_points: int         # test points in the log-likelihood estimate; 0 = all
+    max_train_points: int  # encoded training points for kNN accuracy and R^2
+    grid_size: int         # MF heat map resolution (grid_size x grid_size)
+    mf_chunk: int          # at most this many latent points per vmap(jacfwd) call
+    mf_points: int         # test points and bounding-box samples for the MF fraction
+    mf_quantile: float
+    knn_k: int
+    graph_nodes: int       # prior samples in the interpolation graph
+    graph_k: int           # neighbours per node
+    interp_pairs: int      # seeded endpoint pairs of test points
+    line_steps: int        # points on the decoded straight line
+    segment_steps: int     # points per graph edge when the path is decoded
+    n_frames: int          # decoded frames shown along an interpolation
+    n_reconstructions: int
+    n_samples: int         # prior samples shown
+    max_plot_points: int   # encoded test points drawn on the latent map
+
+    def __post_init__(self) -> None:
+        positive = ("batch_size", "ll_samples", "ll_inner_samples", "grid_size", "mf_chunk", "mf_points",
+                    "knn_k", "graph_nodes", "graph_k", "interp_pairs", "segment_steps", "n_frames",
+                    "n_reconstructions", "n_samples", "max_plot_points", "max_train_points")
+        for name in positive:
+            _check(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
+        _check(self.ll_points >= 0, f"ll_points must be >= 0 (0 = all test points), got {self.ll_points}")
+        _check(self.grid_size >= 2 and self.line_steps >= 2, "grid_size and line_steps must be >= 2")
+        _check(0.0 < self.mf_quantile < 1.0, f"mf_quantile must be in (0, 1), got {self.mf_quantile}")
+        _check(self.graph_k < self.graph_nodes,
+               f"graph_k ({self.graph_k}) must be smaller than graph_nodes ({self.graph_nodes})")
+
+
+@dataclass(frozen=True)
+class ReportParams:
+    """``report:``."""
+
+    title: str
+    compare: tuple[str, ...]  # models shown side by side, left to right
+    curve_smoothing: int      # moving-average window (steps) for training curves
+    max_curve_points: int     # curves are thinned to at most this many rows per model
+
+    def __post_init__(self) -> None:
+        _check(self.curve_smoothing >= 1, f"curve_smoothing must be >= 1, got {self.curve_smoothing}")
+        _check(self.max_curve_points >= 2, f"max_curve_points must be >= 2, got {self.max_curve_points}")
+        for model in self.compare:
+            _check(model in MODEL_NAMES, f"compare: unknown model {model!r}")
+
+
+@dataclass(frozen=True)
+class RetrainParams:
+    """``retrain:``: the champion/challenger job."""
+
+    dataset: str
+    model: str
+    metric: str
+    higher_is_better: bool
+    min_improvement: float
+    command: tuple[str, ...]
+    registry: str
+    timeout_seconds: int
+
+    def __post_init__(self) -> None:
+        _check(bool(self.command), "command must not be empty")
+        _check(self.min_improvement >= 0, f"min_improvement must be >= 0, got {self.min_improvement}")
+        _check(self.timeout_seconds > 0, f"timeout_seconds must be positive, got {self.timeout_seconds}")
+        _check(self.model in MODEL_NAMES, f"model: unknown model {self.model!r}")
+
+
+@dataclass(frozen=True)
+class SweepParams:
+    """``sweep:``: the grid (data set x model x kappa x seed) and where it runs."""
+
+    datasets: tuple[str, ...]
+    kappa: tuple[float | str, ...]
+    models: tuple[str, ...]
+    seeds: tuple[int, ...]
+    task_runner: str     # local | dask
+    dask_address: str    # scheduler address (tcp://host:8786); empty = a LocalCluster
+    n_workers: int       # LocalCluster worker processes (one thread each)
+    out: str
+    epochs: int          # 0 = train.epochs
+
+    def __post_init__(self) -> None:
+        for name in ("datasets", "kappa", "models", "seeds"):
+            values = getattr(self, name)
+            _check(bool(values), f"{name} must list at least one value")
+            _check(len(set(values)) == len(values), f"{name} lists a value twice: {list(values)}")
+        for k in self.kappa:
+            _check(k == AUTO or (isinstance(k, float) and k > 0), f"kappa values must be 'auto' or > 0, got {k!r}")
+        for model in self.models:
+            _check(model in MODEL_NAMES, f"models: unknown model {model!r}")
+        _check(self.task_runner in ("local", "dask"), f"task_runner must be local or dask, got {self.task_runner!r}")
+        _check(self.n_workers >= 1, f"n_workers must be >= 1, got {self.n_workers}")
+        _check(self.epochs >= 0, f"epochs must be >= 0 (0 = train.epochs), got {self.epochs}")
+        _check(bool(self.out), "out must name a folder")

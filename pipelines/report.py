@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from pipelines.figures import training_curves_figure
+from pipelines.params import ReportParams
 
 # Figures of one evaluated model, in page order, with captions.
 FIGURES: tuple[tuple[str, str], ...] = (
@@ -71,23 +72,6 @@ METRIC_ROWS: tuple[tuple[str, str], ...] = (
     ("n_test", "test points"),
 )
 HIDDEN_KEYS = frozenset({"dataset", "model"})
-
-
-@dataclass(frozen=True)
-class ReportParams:
-    """Knobs of the report stage (params.yaml section ``report:``)."""
-
-    title: str = "VHP-VAE: evaluation report"
-    compare: tuple[str, ...] = ("vhp", "iwae")  # models shown side by side, left to right
-    curve_smoothing: int = 20  # moving-average window (steps) for training curves
-    max_curve_points: int = 5000  # curves are thinned to at most this many rows per model
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "compare", tuple(self.compare))
-        if self.curve_smoothing < 1:
-            raise ValueError(f"curve_smoothing must be >= 1, got {self.curve_smoothing}")
-        if self.max_curve_points < 2:
-            raise ValueError(f"max_curve_points must be >= 2, got {self.max_curve_points}")
 
 
 def read_curves(path: Path, max_points: int | None = None) -> dict[str, np.ndarray]:
@@ -279,10 +263,12 @@ def _render(eval_root: Path, models_root: Path, out: Path, params: ReportParams)
 
 
 def _write_dvc_views(out: Path, metrics: dict[str, dict[str, dict[str, Any]]]) -> None:
-    """What dvc.yaml declares at top level: one metrics file and a folder of PNG plots.
-
-    PNGs (not vega specs) keep `dvc plots show` readable offline.
+    """What dvc.yaml declares at top level: one metrics file, a folder of PNG plots, and the page
+    template (vega inlined) that makes `dvc plots show`/`diff` of the training curves render offline.
     """
+    from pipelines.vega import write_html_template
+
+    write_html_template(out / "plots_template.html")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True, default=str) + "\n")
     plots = out / "plots"
     plots.mkdir(exist_ok=True)

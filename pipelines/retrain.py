@@ -1,23 +1,23 @@
 """Scheduled retraining that only promotes a better model.
 
-The ``retrain`` flow: hash the raw data -> if they changed (or ``force``), rerun
-the pipeline (``dvc repro`` by default) -> read the challenger's evaluation
-metric -> promote it over the production model only if it is better by at least
-``retrain.min_improvement`` -> record the decision. The registry
-(``registry/registry.json``) keeps the champion and every decision with its
-metrics, data hashes and the git/DVC revision; the champion's files live in
+The ``retrain`` flow: ask DVC whether anything the pipeline depends on changed
+(``dvc status``: raw data, code, params) -> if so (or ``force``), rerun the
+pipeline (``dvc repro`` by default) -> read the challenger's evaluation metric ->
+``decide`` (a pure function) whether it replaces the production model: only if
+better by at least ``retrain.min_improvement`` -> record the decision. The
+registry (``registry/registry.json``) keeps the champion and every decision with
+its metrics and the git/DVC revision; the champion's files live in
 ``registry/production``. A failed pipeline, a missing or non-finite metric, or a
 worse challenger never replaces the champion. A file lock makes duplicate
 (catch-up) runs harmless: the second one returns "skipped" and touches nothing.
 
 DVC decides what reruns; this flow adds only the "is it better?" gate and the
-schedule, and keeps no cache of its own.
+schedule, and keeps no cache or hash of its own.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import hashlib
 import json
 import math
@@ -25,42 +25,16 @@ import os
 import shutil
 import subprocess
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from filelock import FileLock, Timeout
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NONE
 
 from pipelines.checkpoint import atomic_write_json
-from pipelines.params import read_yaml, section
-
-
-
-class RetrainError(RuntimeError):
-    pass
-
-
-@dataclass(frozen=True)
-class RetrainParams:
-    """The ``retrain:`` section of params.yaml."""
-
-    dataset: str = "mocap"
-    model: str = "vhp"
-    metric: str = "test_log_likelihood"
-    higher_is_better: bool = True
-    min_improvement: float = 0.0
-    command: tuple[str, ...] = ("dvc", "repro")
-    raw_paths: tuple[str, ...] = ()
-    registry: str = "registry"
-    timeout_seconds: int = 3600
-
-    def __post_init__(self) -> None:
-        if not self.command:
-            raise ValueError("command must not be empty")
-        if self.min_improvement < 0:
-            raise ValueError(f"min_improvement must be >= 0, got {self.min_improvement}")
-        if self.timeout_seconds <= 0:
-            raise ValueError(f"timeout_seconds must be positive, got {self.timeout_seconds}")
+from pipelines.errors import RetrainError
+from pipelines.params import RetrainParams, read_yaml, section
 
 
 # --------------------------------------------------------------------------- plain functions
@@ -70,54 +44,32 @@ def load_params(project: Path) -> RetrainParams:
     return section(RetrainParams, read_yaml(path), "retrain", path)
 
 
-def raw_data_paths(project: Path, params: RetrainParams) -> list[Path]:
-    """The raw inputs whose change should trigger a retrain."""
-    project = Path(project)
-    raw = read_yaml(project / "params.yaml")
-    candidates: list[str] = list(params.raw_paths)
-    for name in ("prepare_mocap", "prepare_faces", "prepare_fashion_mnist"):
-        sect = raw.get(name) or {}
-        for key in ("source", "model_path", "blendshapes_path", "mesh_folder"):
-            value = sect.get(key)
-            if isinstance(value, str) and value not in ("", "procedural", "embedded", "sfm", "meshes"):
-                candidates.append(value)
-    paths = []
-    for c in candidates:
-        p = Path(c) if Path(c).is_absolute() else project / c
-        if p.exists():
-            paths.append(p)
-    return paths
+def pipeline_changes(project: Path, timeout: int = 600) -> dict[str, Any]:
+    """What DVC says changed since the last ``dvc repro`` ({} when everything is up to date)."""
+    try:
+        proc = subprocess.run(["dvc", "status", "--json"], cwd=project, capture_output=True, text=True,
+                              timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise RetrainError(f"{project}: dvc status failed: {err}") from err
+    if proc.returncode != 0:
+        raise RetrainError(f"{project}: dvc status failed: {(proc.stderr or proc.stdout).strip()[-500:]}")
+    try:
+        return json.loads(proc.stdout or "{}")
+    except json.JSONDecodeError as err:
+        raise RetrainError(f"{project}: dvc status printed no JSON ({err})") from err
 
 
-def hash_path(path: Path) -> str:
-    """sha256 over a file, or over every file of a folder (names and contents, sorted)."""
-    h = hashlib.sha256()
-    path = Path(path)
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for f in files:
-        rel = f.name if f == path else str(f.relative_to(path))
-        h.update(rel.encode() + b"\0")
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-        h.update(b"\0")
-    return h.hexdigest()
-
-
-def hash_raw_data(project: Path, params: RetrainParams) -> dict[str, str]:
-    project = Path(project)
-    out = {}
-    for p in raw_data_paths(project, params):
-        try:
-            key = str(p.relative_to(project))
-        except ValueError:
-            key = str(p)
-        out[key] = hash_path(p)
-    # The preprocessing knobs shape the data as much as the files do.
-    raw = read_yaml(project / "params.yaml")
-    prep = {k: raw.get(k) for k in ("fetch_embedded", "prepare_mocap", "prepare_faces", "prepare_fashion_mnist")}
-    out["params:prepare"] = hashlib.sha256(json.dumps(prep, sort_keys=True, default=str).encode()).hexdigest()
-    return out
+def decide(challenger: float | None, champion: float | None, params: RetrainParams) -> tuple[str, str]:
+    """The champion/challenger decision: (promoted | kept-champion | rejected, reason)."""
+    if challenger is None:
+        return "rejected", f"no finite {params.metric}"
+    if champion is None:
+        return "promoted", "no champion yet"
+    margin = params.min_improvement
+    better = (challenger > champion + margin) if params.higher_is_better else (challenger < champion - margin)
+    if better:
+        return "promoted", f"{params.metric} {challenger:.6g} beats {champion:.6g} by more than {margin:g}"
+    return "kept-champion", f"{params.metric} {challenger:.6g} does not beat {champion:.6g} by more than {margin:g}"
 
 
 def registry_dir(project: Path, params: RetrainParams | None = None) -> Path:
@@ -189,14 +141,6 @@ def read_metric(metrics_path: Path, key: str) -> float | None:
     return float(data)
 
 
-def is_better(challenger: float, champion: float | None, params: RetrainParams) -> bool:
-    if champion is None:
-        return True
-    if params.higher_is_better:
-        return challenger > champion + params.min_improvement
-    return challenger < champion - params.min_improvement
-
-
 def promote(project: Path, params: RetrainParams) -> Path:
     """Copy the challenger's model and eval folders into registry/production atomically."""
     project = Path(project)
@@ -239,91 +183,70 @@ def record(project: Path, params: RetrainParams, decision: dict[str, Any],
 
 # --------------------------------------------------------------------------- Prefect
 
-def _build_flow():
-    from prefect import flow, get_run_logger, task
-    from prefect.cache_policies import NONE
+@task(name="dvc-status", cache_policy=NONE)
+def status_task(project: Path) -> dict[str, Any]:
+    return pipeline_changes(project)
 
-    @task(name="hash-raw-data", cache_policy=NONE)
-    def hash_task(project: Path, params: RetrainParams) -> dict[str, str]:
-        return hash_raw_data(project, params)
 
-    @task(name="run-pipeline", retries=1, retry_delay_seconds=5, cache_policy=NONE)
-    def pipeline_task(project: Path, params: RetrainParams) -> tuple[bool, str]:
-        ok, tail = run_pipeline(project, params)
-        if not ok:
-            # raising lets Prefect retry once; the flow turns a second failure into a record
-            raise RetrainError(f"pipeline failed: {tail}")
-        return ok, tail
+@task(name="run-pipeline", retries=1, retry_delay_seconds=5, cache_policy=NONE)
+def pipeline_task(project: Path, params: RetrainParams) -> str:
+    ok, tail = run_pipeline(project, params)
+    if not ok:
+        # raising lets Prefect retry once; the flow turns a second failure into a record
+        raise RetrainError(f"pipeline failed: {tail}")
+    return tail
 
-    @task(name="promote", cache_policy=NONE)
-    def promote_task(project: Path, params: RetrainParams) -> str:
-        return str(promote(project, params))
 
-    @flow(name="retrain", log_prints=True)
-    def retrain(project: str = ".", force: bool = False) -> dict[str, Any]:
-        logger = get_run_logger()
-        root = Path(project).resolve()
-        params = load_params(root)
-        reg = registry_dir(root, params)
-        reg.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(str(reg / ".retrain.lock"), timeout=0)
+@task(name="promote", cache_policy=NONE)
+def promote_task(project: Path, params: RetrainParams) -> str:
+    return str(promote(project, params))
+
+
+@flow(name="retrain", log_prints=True)
+def retrain_flow(project: str = ".", force: bool = False) -> dict[str, Any]:
+    logger = get_run_logger()
+    root = Path(project).resolve()
+    params = load_params(root)
+    reg = registry_dir(root, params)
+    reg.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(reg / ".retrain.lock"), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        logger.info("another retrain run holds the lock; skipping this one")
+        return {"time": _now(), "decision": "skipped", "reason": "another retrain run in progress"}
+    try:
+        champion = read_registry(root, params).get("champion")
+        champion_value = champion.get("value") if champion else None
+        base = {"time": _now(), "metric": params.metric, "dataset": params.dataset, "model": params.model,
+                "champion_metric": champion_value}
+        changes = status_task(root)
+        if not force and champion is not None and not changes:
+            logger.info("dvc status: nothing changed since the champion was trained; nothing to do")
+            return record(root, params, {**base, "decision": "unchanged", "revision": revision(root)})
         try:
-            lock.acquire()
-        except Timeout:
-            logger.info("another retrain run holds the lock; skipping this one")
-            return {"time": _now(), "decision": "skipped", "reason": "another retrain run in progress"}
-        try:
-            hashes = hash_task(root, params)
-            registry = read_registry(root, params)
-            champion = registry.get("champion")
-            base = {"time": _now(), "data_hashes": hashes, "metric": params.metric,
-                    "dataset": params.dataset, "model": params.model}
-            last_hashes = champion.get("data_hashes") if champion else None
-            if not force and champion is not None and last_hashes == hashes:
-                decision = {**base, "decision": "unchanged", "revision": revision(root),
-                            "champion_metric": champion.get("value")}
-                logger.info("raw data unchanged since the champion was trained; nothing to do")
-                return record(root, params, decision)
-            try:
-                pipeline_task(root, params)
-            except RetrainError as err:
-                decision = {**base, "decision": "failed", "reason": str(err)[-2000:],
-                            "revision": revision(root),
-                            "champion_metric": champion.get("value") if champion else None}
-                logger.warning("pipeline failed; the champion stays")
-                return record(root, params, decision)
-            metrics_path = root / "eval" / params.dataset / params.model / "metrics.json"
-            value = read_metric(metrics_path, params.metric)
-            champion_value = champion.get("value") if champion else None
-            rev = revision(root)
-            if value is None:
-                decision = {**base, "decision": "rejected", "reason": f"{metrics_path}: no finite {params.metric}",
-                            "revision": rev, "champion_metric": champion_value}
-                return record(root, params, decision)
-            if is_better(value, champion_value, params):
-                where = promote_task(root, params)
-                new_champion = {**base, "value": value, "revision": rev, "path": where}
-                decision = {**base, "decision": "promoted", "challenger_metric": value,
-                            "champion_metric": champion_value, "revision": rev}
-                logger.info(f"promoted: {params.metric} {value:.4f} (was {champion_value})")
-                return record(root, params, decision, champion=new_champion)
-            decision = {**base, "decision": "kept-champion", "challenger_metric": value,
-                        "champion_metric": champion_value, "revision": rev}
-            logger.info(f"challenger {value:.4f} not better than champion {champion_value:.4f}")
-            return record(root, params, decision)
-        finally:
-            lock.release()
-
-    return retrain
-
-
-@functools.cache
-def retrain_flow():
-    return _build_flow()
+            pipeline_task(root, params)
+        except RetrainError as err:
+            logger.warning("pipeline failed; the champion stays")
+            return record(root, params, {**base, "decision": "failed", "reason": str(err)[-2000:],
+                                         "changed_stages": sorted(changes), "revision": revision(root)})
+        metrics_path = root / "eval" / params.dataset / params.model / "metrics.json"
+        value = read_metric(metrics_path, params.metric)
+        decision, reason = decide(value, champion_value, params)
+        rev = revision(root)
+        entry = {**base, "decision": decision, "reason": f"{metrics_path}: {reason}",
+                 "challenger_metric": value, "changed_stages": sorted(changes), "revision": rev}
+        logger.info(f"{decision}: {reason}")
+        if decision == "promoted":
+            where = promote_task(root, params)
+            return record(root, params, entry, champion={**base, "value": value, "revision": rev, "path": where})
+        return record(root, params, entry)
+    finally:
+        lock.release()
 
 
 def run_retrain_once(project: Path, force: bool = False) -> dict[str, Any]:
-    return retrain_flow()(project=str(Path(project).resolve()), force=force)
+    return retrain_flow(project=str(Path(project).resolve()), force=force)
 
 
 def serve(project: Path, cron: str | None = None, interval: float | None = None,
@@ -340,4 +263,4 @@ def serve(project: Path, cron: str | None = None, interval: float | None = None,
         kwargs["cron"] = cron
     else:
         kwargs["interval"] = dt.timedelta(seconds=float(interval))
-    retrain_flow().serve(**kwargs)
+    retrain_flow.serve(**kwargs)

@@ -1,13 +1,12 @@
 """The sweep: a grid of trainings (data set x model x kappa x seed) as one Prefect flow.
 
-Each grid point is one training (``pipelines.train.fit``) and one evaluation
-(``pipelines.evaluate.evaluate_model``) called as plain functions inside one
-Prefect task, with its own folder::
+Each grid point is one training (``pipelines.train.train_one``, the recipe every
+trainer uses) and one evaluation (``pipelines.evaluate.evaluate_model``) inside
+one Prefect task, with its own folder::
 
     <out>/<dataset>/<model>/kappa=<kappa>/seed=<seed>/
         model/     model.pt, metrics.json, curves.tsv, curves.png, timing.json (as `vhp train`)
         eval/      metrics.json and figures (as `vhp evaluate`)
-        point.json the point's recorded config and its summary numbers, written last
 
 The flow's task runner comes from ``sweep.task_runner``: ``local`` runs the
 points one after another on a ThreadPoolTaskRunner with one worker (the training
@@ -17,9 +16,13 @@ prefect-dask's DaskTaskRunner: a LocalCluster of ``sweep.n_workers`` processes
 with one thread each, or the scheduler at ``sweep.dask_address``. Every point
 seeds itself, so a point gives the same numbers on either runner.
 
-A rerun skips a point whose ``point.json`` exists and records the same config
-(params, seed, data fingerprint); any other point is trained again, resuming
-from its own checkpoint when an earlier run was interrupted. The results are
+Reuse of finished points is Prefect's own task caching: the point task's cache
+policy covers its inputs (the point, the train and evaluate params, the device,
+the data's fingerprint and a fingerprint of the project's code) and the task's
+source, and its result (the point's row) is persisted under ``<out>/.prefect``.
+A rerun with nothing changed returns every row from the cache; a point whose
+inputs changed is trained again, resuming from its own checkpoint when an
+earlier run was interrupted. The results are
 gathered into ``results.csv`` (one row a point), ``results.md`` (mean +- sd over
 seeds) and ``results.png`` (test log-likelihood and kNN accuracy against kappa,
 one line a model, error bars one sd over seeds).
@@ -32,12 +35,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
-import csv
 import dataclasses
-import io
+import hashlib
 import itertools
-import json
 import math
 import os
 import sys
@@ -46,49 +46,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import numpy as np
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import INPUTS, NONE, TASK_SOURCE
 
-TASK_RUNNERS = ("local", "dask")
-# Columns of results.csv, in order; the numbers come from the point's eval and model metrics.
-RESULT_COLUMNS = (
-    "dataset", "model", "kappa", "seed", "test_log_likelihood", "knn_accuracy", "elbo",
-    "reconstruction", "active_units", "final_lambda", "final_c_hat", "constraint_met",
-    "prior_active", "steps", "seconds", "status",
-)
+from pipelines.errors import SweepError
+from pipelines.params import EvaluateParams, SweepParams, TrainParams
+from pipelines.sweep_results import aggregate, results_markdown, write_results  # noqa: F401
 
-
-@dataclass(frozen=True)
-class SweepParams:
-    """The ``sweep:`` section of params.yaml: the grid and where it runs."""
-
-    datasets: tuple[str, ...]
-    kappa: tuple[float, ...]
-    models: tuple[str, ...]
-    seeds: tuple[int, ...]
-    task_runner: str = "local"     # local | dask
-    dask_address: str = ""         # scheduler address (tcp://host:8786); empty = a LocalCluster
-    n_workers: int = 2             # LocalCluster worker processes (one thread each)
-    out: str = "sweeps/default"
-    epochs: int = 0                # 0 = train.epochs
-
-    def __post_init__(self) -> None:
-        for name in ("datasets", "kappa", "models", "seeds"):
-            values = getattr(self, name)
-            if not values:
-                raise ValueError(f"{name} must list at least one value")
-            if len(set(values)) != len(values):
-                raise ValueError(f"{name} lists a value twice: {list(values)}")
-        for k in self.kappa:
-            if not k > 0:
-                raise ValueError(f"kappa values must be > 0, got {k}")
-        if self.task_runner not in TASK_RUNNERS:
-            raise ValueError(f"task_runner must be local or dask, got {self.task_runner!r}")
-        if self.n_workers < 1:
-            raise ValueError(f"n_workers must be >= 1, got {self.n_workers}")
-        if self.epochs < 0:
-            raise ValueError(f"epochs must be >= 0 (0 = train.epochs), got {self.epochs}")
-        if not self.out:
-            raise ValueError("out must name a folder")
 
 
 @dataclass(frozen=True)
@@ -97,242 +62,94 @@ class GridPoint:
 
     dataset: str
     model: str
-    kappa: float
+    kappa: float | str
     seed: int
 
     @property
     def folder(self) -> Path:
         """Relative folder of the point: <dataset>/<model>/kappa=<kappa>/seed=<seed>."""
-        return Path(self.dataset) / self.model / f"kappa={self.kappa:g}" / f"seed={self.seed}"
+        kappa = self.kappa if isinstance(self.kappa, str) else f"{self.kappa:g}"
+        return Path(self.dataset) / self.model / f"kappa={kappa}" / f"seed={self.seed}"
+
+    @property
+    def label(self) -> str:
+        kappa = self.kappa if isinstance(self.kappa, str) else f"{self.kappa:g}"
+        return f"{self.dataset}-{self.model}-k{kappa}-s{self.seed}"
 
 
 def grid(sweep: SweepParams) -> list[GridPoint]:
     """Every point of the grid, in a fixed order (data set, model, kappa, seed)."""
-    return [GridPoint(d, m, float(k), int(s))
+    return [GridPoint(d, m, k, int(s))
             for d, m, k, s in itertools.product(sweep.datasets, sweep.models, sweep.kappa, sweep.seeds)]
 
 
 # --------------------------------------------------------------------------- one point
 
-def point_train_params(train: Any, sweep: SweepParams, point: GridPoint) -> Any:
+def point_train_params(train: TrainParams, sweep: SweepParams, point: GridPoint) -> TrainParams:
     """The ``train`` params of one point: its data set, model and kappa (and the sweep's epochs)."""
     return dataclasses.replace(
         train,
         datasets=(point.dataset,),
         models=(point.model,),
-        kappa={point.dataset: point.kappa},
+        kappa={**train.kappa, point.dataset: point.kappa},
         epochs=sweep.epochs or train.epochs,
     )
 
 
-def point_config(point: GridPoint, train: Any, evaluate: Any, device: str, data_id: str) -> dict[str, Any]:
-    """Everything that decides a point's numbers, as plain JSON (compared to skip finished points)."""
-    config = {
-        "point": dataclasses.asdict(point),
-        "train": dataclasses.asdict(train),
-        "evaluate": dataclasses.asdict(evaluate),
-        "device": device,
-        "data": data_id,
-    }
-    return json.loads(json.dumps(config, sort_keys=True, default=list))
-
-
 def data_fingerprint(data_path: Path) -> str:
     """The data identity the trainer uses in its checkpoints (sources, params, schema)."""
-    from pipelines.train import _data_id
+    from pipelines.data import data_id_of
     from preprocessing.store import open_dataset
 
-    return _data_id(open_dataset(Path(data_path), check_values=False))
+    return data_id_of(open_dataset(Path(data_path), check_values=False))
 
 
-def read_finished(point_dir: Path, config: dict[str, Any]) -> dict[str, Any] | None:
-    """The recorded row of a finished point with this config, else None."""
-    path = Path(point_dir) / "point.json"
-    if not path.is_file():
-        return None
-    try:
-        recorded = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    if recorded.get("config") != config or not isinstance(recorded.get("row"), dict):
-        return None
-    return recorded["row"]
+def code_fingerprint() -> str:
+    """A hash of the project's training and evaluation code (vhp_core/, pipelines/, preprocessing/)."""
+    root = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for folder in ("vhp_core", "pipelines", "preprocessing"):
+        for path in sorted((root / folder).rglob("*.py")):
+            digest.update(path.relative_to(root).as_posix().encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def _summary_row(point: GridPoint, model_metrics: dict[str, Any], eval_metrics: dict[str, Any],
                  seconds: float) -> dict[str, Any]:
-    return {
-        "dataset": point.dataset,
-        "model": point.model,
-        "kappa": point.kappa,
-        "seed": point.seed,
-        "test_log_likelihood": eval_metrics.get("test_log_likelihood"),
-        "knn_accuracy": eval_metrics.get("knn_accuracy"),
-        "elbo": eval_metrics.get("elbo"),
-        "reconstruction": eval_metrics.get("reconstruction"),
-        "active_units": eval_metrics.get("active_units"),
-        "final_lambda": model_metrics.get("final_lambda"),
-        "final_c_hat": model_metrics.get("final_c_hat"),
-        "constraint_met": model_metrics.get("constraint_met"),
-        "prior_active": model_metrics.get("prior_active"),
-        "steps": model_metrics.get("steps"),
-        "seconds": round(seconds, 2),
-    }
+    row = {"dataset": point.dataset, "model": point.model, "kappa": point.kappa, "seed": point.seed}
+    for key in ("test_log_likelihood", "knn_accuracy", "elbo", "reconstruction", "active_units"):
+        row[key] = eval_metrics.get(key)
+    for key in ("final_lambda", "final_c_hat", "kappa_squared", "constraint_met", "prior_active",
+                "prior_activation_step", "steps"):
+        row[key] = model_metrics.get(key)
+    row["seconds"] = round(seconds, 2)
+    return row
 
 
-def run_point(point: GridPoint, data_path: Path, point_dir: Path, train: Any, evaluate: Any,
-              device_name: str, threads: int, config: dict[str, Any],
-              progress: bool = False) -> dict[str, Any]:
+def run_point(point: GridPoint, data_path: Path, point_dir: Path, train: TrainParams, evaluate: Any,
+              device: str, threads: int, progress: bool = False) -> dict[str, Any]:
     """Train and evaluate one grid point into ``point_dir``; returns its results row.
 
-    Plain function (no Prefect): the sweep's task calls it on whichever worker
-    runs the point. ``point.json`` is written last, so a point interrupted
-    anywhere before it counts as unfinished and is run again (the training
-    resumes from ``point_dir/checkpoint.pt``).
+    Plain function (no Prefect): the sweep's task calls it on whichever worker runs
+    the point. An interrupted point resumes from ``point_dir/checkpoint.pt``.
     """
-    from pipelines.checkpoint import atomic_write_json
     from pipelines.evaluate import evaluate_model
-    from pipelines.train import (
-        constraint_config,
-        evaluate_elbo,
-        fit,
-        load_training_data,
-        model_config,
-        resolve_device,
-        set_determinism,
-        set_threads,
-        write_outputs,
-    )
-    from preprocessing.store import open_dataset
-    from vhp_core import build_model
+    from pipelines.runtime import set_threads
+    from pipelines.train import train_one
 
     t0 = time.perf_counter()
     point_dir = Path(point_dir)
     point_dir.mkdir(parents=True, exist_ok=True)
-    (point_dir / "point.json").unlink(missing_ok=True)
     set_threads(threads)
-    device = resolve_device(device_name)
-    dataset = open_dataset(Path(data_path))
-    data = load_training_data(dataset, train)
-    config_m = model_config(train, point.dataset, point.model, dataset.x_shape, dataset.likelihood)
-    ccfg = constraint_config(train, point.dataset)
-    set_determinism(point.seed)
-    model = build_model(config_m)
     checkpoint = point_dir / "checkpoint.pt"
-    result = fit(model, config_m, ccfg, data, train, point.seed, checkpoint, progress=progress, device=device)
-    result.model.to("cpu")
-    test_terms = evaluate_elbo(result.model, dataset, point.seed)
-    model_metrics = write_outputs(result, config_m, ccfg, train, point.seed, point_dir / "model", test_terms,
-                                  point.dataset)
+    _, model_metrics = train_one(point.dataset, point.model, Path(data_path), point_dir / "model", checkpoint,
+                                 train, point.seed, device, progress)
+    assert model_metrics is not None
     eval_metrics = evaluate_model(point_dir / "model", Path(data_path), point_dir / "eval", evaluate,
                                   progress=progress)
     checkpoint.unlink(missing_ok=True)
-    row = _summary_row(point, model_metrics, eval_metrics, time.perf_counter() - t0)
-    atomic_write_json(point_dir / "point.json", {"config": config, "row": row})
-    return row
-
-
-# --------------------------------------------------------------------------- gathering
-
-def _mean_sd(values: list[float]) -> tuple[float, float]:
-    finite = [float(v) for v in values if v is not None and math.isfinite(float(v))]
-    if not finite:
-        return math.nan, math.nan
-    sd = float(np.std(finite, ddof=1)) if len(finite) > 1 else 0.0
-    return float(np.mean(finite)), sd
-
-
-def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean and sd over seeds of each (data set, model, kappa)."""
-    groups: dict[tuple[str, str, float], list[dict[str, Any]]] = {}
-    for row in rows:
-        groups.setdefault((row["dataset"], row["model"], float(row["kappa"])), []).append(row)
-    out = []
-    for (dataset, model, kappa), members in sorted(groups.items()):
-        entry: dict[str, Any] = {"dataset": dataset, "model": model, "kappa": kappa, "n_seeds": len(members)}
-        for key in ("test_log_likelihood", "knn_accuracy", "final_lambda", "final_c_hat"):
-            entry[f"{key}_mean"], entry[f"{key}_sd"] = _mean_sd([m.get(key) for m in members])
-        entry["constraint_met"] = sum(bool(m.get("constraint_met")) for m in members)
-        out.append(entry)
-    return out
-
-
-def results_csv(rows: list[dict[str, Any]]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(RESULT_COLUMNS), extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in RESULT_COLUMNS})
-    return buffer.getvalue()
-
-
-def _pm(mean: float, sd: float, digits: int = 3) -> str:
-    return "n/a" if math.isnan(mean) else f"{mean:.{digits}f} ± {sd:.{digits}f}"
-
-
-def results_markdown(summary: list[dict[str, Any]]) -> str:
-    lines = [
-        "| data set | model | κ | seeds | test log-likelihood | kNN accuracy | final λ | Ĉ | constraint met |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for s in summary:
-        lines.append(
-            f"| {s['dataset']} | {s['model']} | {s['kappa']:g} | {s['n_seeds']} "
-            f"| {_pm(s['test_log_likelihood_mean'], s['test_log_likelihood_sd'], 2)} "
-            f"| {_pm(s['knn_accuracy_mean'], s['knn_accuracy_sd'])} "
-            f"| {_pm(s['final_lambda_mean'], s['final_lambda_sd'], 2)} "
-            f"| {_pm(s['final_c_hat_mean'], s['final_c_hat_sd'], 4)} "
-            f"| {s['constraint_met']}/{s['n_seeds']} |"
-        )
-    return "\n".join(lines) + "\n"
-
-
-def results_figure(summary: list[dict[str, Any]], path: Path) -> Path:
-    """Test log-likelihood and kNN accuracy against kappa, one line a model, +-1 sd over seeds."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    datasets = sorted({s["dataset"] for s in summary})
-    fig, axes = plt.subplots(len(datasets), 2, figsize=(10, 3.4 * len(datasets)), squeeze=False)
-    for r, dataset in enumerate(datasets):
-        for c, (key, label) in enumerate((("test_log_likelihood", "test log-likelihood"),
-                                          ("knn_accuracy", "kNN accuracy"))):
-            ax = axes[r][c]
-            for model in sorted({s["model"] for s in summary if s["dataset"] == dataset}):
-                cells = sorted((s for s in summary if s["dataset"] == dataset and s["model"] == model),
-                               key=lambda s: s["kappa"])
-                kappas = [s["kappa"] for s in cells]
-                ax.errorbar(kappas, [s[f"{key}_mean"] for s in cells], yerr=[s[f"{key}_sd"] for s in cells],
-                            marker="o", capsize=3, label=model)
-            ax.set_xlabel("κ")
-            ax.set_ylabel(label)
-            ax.set_title(f"{dataset}: {label}")
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=8)
-    fig.suptitle("sweep: mean ± sd over seeds")
-    fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
-
-
-def write_results(rows: list[dict[str, Any]], out: Path) -> dict[str, Path]:
-    """results.csv, results.md and results.png in ``out``."""
-    from pipelines.checkpoint import atomic_write_text
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    rows = sorted(rows, key=lambda r: (r["dataset"], r["model"], float(r["kappa"]), int(r["seed"])))
-    summary = aggregate(rows)
-    atomic_write_text(out / "results.csv", results_csv(rows))
-    atomic_write_text(out / "results.md", results_markdown(summary))
-    results_figure(summary, out / "results.png")
-    return {"csv": out / "results.csv", "markdown": out / "results.md", "figure": out / "results.png"}
+    return _summary_row(point, model_metrics, eval_metrics, time.perf_counter() - t0)
 
 
 # --------------------------------------------------------------------------- Prefect
@@ -388,101 +205,78 @@ def build_task_runner(sweep: SweepParams) -> Any:
     )
 
 
-class SweepError(RuntimeError):
-    """The sweep cannot start (a missing data set, a missing extra); reported as a user error."""
+@task(name="train-and-evaluate", cache_policy=INPUTS + TASK_SOURCE, persist_result=True)
+def point_task(point: GridPoint, data_path: str, point_dir: str, train: TrainParams, evaluate: EvaluateParams,
+               device: str, threads: int, data_id: str, code_id: str) -> dict[str, Any]:
+    """One grid point; ``data_id`` and ``code_id`` are inputs only so that the cache key covers them."""
+    return run_point(point, Path(data_path), Path(point_dir), train, evaluate, device, threads)
 
 
-def _build_flow():
-    from prefect import flow, task
-    from prefect.artifacts import create_markdown_artifact
-    from prefect.cache_policies import NONE
-
-    @task(name="train-and-evaluate", cache_policy=NONE)
-    def point_task(point: GridPoint, data_path: str, point_dir: str, train: Any, evaluate: Any,
-                   device: str, threads: int, config: dict[str, Any]) -> dict[str, Any]:
-        row = run_point(point, Path(data_path), Path(point_dir), train, evaluate, device, threads, config)
-        return {**row, "status": "trained"}
-
-    @task(name="gather-results", cache_policy=NONE)
-    def gather(rows: list[dict[str, Any]], out: str) -> dict[str, str]:
-        return {k: str(v) for k, v in write_results(rows, Path(out)).items()}
-
-    @flow(name="sweep", log_prints=True)
-    def sweep_flow(plan: list[dict[str, Any]], out: str, train_by_point: list[Any], evaluate: Any,
-                   device: str, threads: int) -> list[dict[str, Any]]:
-        rows: list[dict[str, Any] | None] = []
-        futures = []
-        for i, item in enumerate(plan):
-            if item["finished"] is not None:
-                rows.append({**item["finished"], "status": "skipped"})
-                continue
-            rows.append(None)
-            futures.append((i, point_task.with_options(name=f"point-{item['label']}").submit(
-                item["point"], item["data_path"], item["point_dir"], train_by_point[i], evaluate,
-                device, threads, item["config"])))
-        print(f"{len(plan)} points: {len(futures)} to run, {len(plan) - len(futures)} already finished")
-        failures = []
-        for i, future in futures:
-            try:
-                rows[i] = future.result()
-            except Exception as err:  # noqa: BLE001 - one failed point must not hide the others' results
-                failures.append(f"{plan[i]['label']}: {type(err).__name__}: {err}")
-        done = [r for r in rows if r is not None]
-        if done:
-            paths = gather(done, out)
-            create_markdown_artifact(key="sweep-results", markdown=Path(paths["markdown"]).read_text(),
-                                     description=f"sweep results in {out}")
-        if failures:
-            raise SweepError(f"{len(failures)} of {len(plan)} points failed (the others are recorded; a rerun "
-                             "retries only the failed ones):\n" + "\n".join(failures))
-        return done
-
-    return sweep_flow
+@task(name="gather-results", cache_policy=NONE)
+def gather_task(rows: list[dict[str, Any]], out: str) -> dict[str, str]:
+    paths = {k: str(v) for k, v in write_results(rows, Path(out)).items()}
+    create_markdown_artifact(key="sweep-results", markdown=Path(paths["markdown"]).read_text(),
+                             description=f"sweep results in {out}")
+    return paths
 
 
-@functools.cache
-def sweep_flow():
-    """The Prefect ``sweep`` flow (built on first use so that importing is cheap)."""
-    return _build_flow()
+@flow(name="sweep", log_prints=True)
+def sweep_flow(plan: list[dict[str, Any]], out: str, evaluate: EvaluateParams, device: str,
+               threads: int) -> list[dict[str, Any]]:
+    code_id = code_fingerprint()
+    # the cache records live beside the sweep, where every worker (Dask processes too) looks them up
+    policy = (INPUTS + TASK_SOURCE).configure(key_storage=str(Path(out) / ".prefect" / "cache-keys"))
+    futures = [point_task.with_options(name=f"point-{item['point'].label}", cache_policy=policy).submit(
+        item["point"], item["data_path"], item["point_dir"], item["train"], evaluate, device, threads,
+        item["data_id"], code_id) for item in plan]
+    rows, failures = [], []
+    for item, future in zip(plan, futures):
+        try:
+            rows.append(future.result())
+        except Exception as err:  # noqa: BLE001 - one failed point must not hide the others' results
+            failures.append(f"{item['point'].label}: {type(err).__name__}: {err}")
+    if rows:
+        gather_task(rows, out)
+    if failures:
+        raise SweepError(f"{len(failures)} of {len(plan)} points failed (the others are recorded; a rerun "
+                         "retries only the failed ones):\n" + "\n".join(failures))
+    return rows
 
 
-def plan_sweep(sweep: SweepParams, train: Any, evaluate: Any, device: str,
-               data_paths: dict[str, Path], out: Path) -> tuple[list[dict[str, Any]], list[Any]]:
-    """Every grid point with its folder, its config and its recorded row when finished."""
+def plan_sweep(sweep: SweepParams, train: TrainParams, data_paths: dict[str, Path],
+               out: Path) -> list[dict[str, Any]]:
+    """Every grid point with its folder, its train params and its data's fingerprint."""
     fingerprints = {}
     for dataset in sweep.datasets:
         path = Path(data_paths[dataset])
         if not path.exists():
             raise SweepError(f"{path}: data set {dataset!r} not found (run `vhp prepare` or `dvc repro` first)")
         fingerprints[dataset] = data_fingerprint(path)
-    plan, trains = [], []
-    for point in grid(sweep):
-        train_p = point_train_params(train, sweep, point)
-        config = point_config(point, train_p, evaluate, device, fingerprints[point.dataset])
-        point_dir = Path(out) / point.folder
-        plan.append({
-            "point": point,
-            "label": f"{point.dataset}-{point.model}-k{point.kappa:g}-s{point.seed}",
-            "data_path": str(data_paths[point.dataset]),
-            "point_dir": str(point_dir),
-            "config": config,
-            "finished": read_finished(point_dir, config),
-        })
-        trains.append(train_p)
-    return plan, trains
+    return [{"point": point, "data_path": str(data_paths[point.dataset]),
+             "point_dir": str(Path(out) / point.folder), "train": point_train_params(train, sweep, point),
+             "data_id": fingerprints[point.dataset]}
+            for point in grid(sweep)]
 
 
-def run_sweep(sweep: SweepParams, train: Any, evaluate: Any, base: Any, data_paths: dict[str, Path],
-              out: Path | None = None) -> list[dict[str, Any]]:
+def run_sweep(sweep: SweepParams, train: TrainParams, evaluate: EvaluateParams, base: Any,
+              data_paths: dict[str, Path], out: Path | None = None) -> list[dict[str, Any]]:
     """Run (or finish) the sweep and write its results; returns one row a point."""
-    out = Path(out if out is not None else sweep.out)
-    plan, trains = plan_sweep(sweep, train, evaluate, base.device, data_paths, out)
+    from prefect.filesystems import LocalFileSystem
+
+    out = Path(out if out is not None else sweep.out).resolve()
+    plan = plan_sweep(sweep, train, data_paths, out)
     # Dask workers run one task a process: one torch thread each unless base.threads says otherwise.
     threads = base.threads or (1 if sweep.task_runner == "dask" else 0)
-    flow = sweep_flow().with_options(task_runner=build_task_runner(sweep))
     runner_ctx = prefect_api_for_workers() if sweep.task_runner == "dask" else contextlib.nullcontext()
     with runner_ctx:
-        return flow(plan, str(out), trains, evaluate, base.device, threads)
+        # tasks persist their rows (and cache keys) with the flow's result storage, beside the sweep;
+        # Prefect wants the storage block saved server-side so that every worker resolves it
+        storage = LocalFileSystem(basepath=str(out / ".prefect"))
+        block = f"vhp-sweep-{hashlib.sha256(str(out).encode()).hexdigest()[:12]}"
+        storage.save(block, overwrite=True)
+        run = sweep_flow.with_options(task_runner=build_task_runner(sweep),
+                                      result_storage=f"local-file-system/{block}")
+        return run(plan, str(out), evaluate, base.device, threads)
 
 
 # --------------------------------------------------------------------------- CLI
@@ -492,69 +286,43 @@ def add_sweep_parser(sub: Any, func: Callable[[argparse.Namespace], int]) -> arg
         "sweep", help="train and evaluate a grid of data sets x models x kappa x seeds",
         description="Run the Prefect `sweep` flow over the grid of the params section `sweep:` "
                     "(datasets x models x kappa x seeds). Each point is one training and one "
-                    "evaluation in <out>/<dataset>/<model>/kappa=<k>/seed=<s>; finished points are "
-                    "skipped. The task runner is sweep.task_runner: local (one point at a time) or "
+                    "evaluation in <out>/<dataset>/<model>/kappa=<k>/seed=<s>; points whose inputs and "
+                    "code are unchanged come from Prefect's task cache in <out>/.prefect. The task runner is sweep.task_runner: local (one point at a time) or "
                     "dask (a LocalCluster of sweep.n_workers processes, or the scheduler at "
                     "sweep.dask_address). Writes results.csv, results.md and results.png in <out>.")
     p.add_argument("--data-dir", default="data/processed",
                    help="folder of <dataset>.zarr groups (default: %(default)s)")
     p.add_argument("--out", default=None, help="sweep folder (default: sweep.out)")
-    p.add_argument("--dry-run", action="store_true", help="list the points and whether each is finished")
+    p.add_argument("--dry-run", action="store_true", help="list the points' folders and stop")
     p.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
     p.set_defaults(func=func)
     return p
 
 
 def run_sweep_cli(args: argparse.Namespace) -> int:
-    from pipelines.evaluate import EvaluateParams
-    from pipelines.params import read_yaml, section
-    from pipelines.train import BaseParams, TrainParams
+    from pipelines.params import BaseParams, read_yaml, section
 
     raw = read_yaml(args.params)
     sweep = section(SweepParams, raw, "sweep", args.params)
     base = section(BaseParams, raw, "base", args.params)
-    # The sweep's data sets need no kappa in train.kappa: each point sets its own.
+    # The sweep's data sets need no entry in train.kappa/gaussian_std/network: each point sets its kappa,
+    # and data sets absent from the tables take the first data set's entries.
     train_raw = dict(raw.get("train") or {})
-    train_raw["kappa"] = {**(train_raw.get("kappa") or {}), **{d: sweep.kappa[0] for d in sweep.datasets}}
+    for table in ("kappa", "gaussian_std", "network"):
+        values = dict(train_raw.get(table) or {})
+        fallback = next(iter(values.values()), None)
+        train_raw[table] = {**{d: fallback for d in sweep.datasets}, **values}
     train = section(TrainParams, {"train": train_raw}, "train", args.params)
     evaluate = section(EvaluateParams, raw, "evaluate", args.params)
     out = Path(args.out or sweep.out)
     data_paths = {d: Path(args.data_dir) / f"{d}.zarr" for d in sweep.datasets}
     if args.dry_run:
-        try:
-            plan, _ = plan_sweep(sweep, train, evaluate, base.device, data_paths, out)
-        except SweepError as err:
-            print(f"vhp sweep: error: {err}", file=sys.stderr)
-            return 2
-        for item in plan:
-            print(f"{'finished' if item['finished'] else 'to run  '}  {item['point_dir']}")
+        for point in grid(sweep):
+            print(out / point.folder)
         return 0
     t0 = time.perf_counter()
-    try:
-        rows = run_sweep(sweep, train, evaluate, base, data_paths, out)
-    except SweepError as err:
-        print(f"vhp sweep: error: {err}", file=sys.stderr)
-        return 2
-    ran = sum(r.get("status") == "trained" for r in rows)
-    print(f"sweep of {len(rows)} points ({ran} trained, {len(rows) - ran} skipped) in "
-          f"{time.perf_counter() - t0:.1f} s: {out / 'results.md'}, {out / 'results.csv'}, {out / 'results.png'}")
+    rows = run_sweep(sweep, train, evaluate, base, data_paths, out)
+    print(f"sweep of {len(rows)} points in {time.perf_counter() - t0:.1f} s (finished points come from "
+          f"Prefect's cache): {out / 'results.md'}, {out / 'results.csv'}, {out / 'results.png'}")
     print((out / "results.md").read_text())
     return 0
-
-
-__all__ = [
-    "GridPoint",
-    "SweepError",
-    "SweepParams",
-    "add_sweep_parser",
-    "aggregate",
-    "build_task_runner",
-    "grid",
-    "plan_sweep",
-    "read_finished",
-    "run_point",
-    "run_sweep",
-    "run_sweep_cli",
-    "sweep_flow",
-    "write_results",
-]

@@ -18,9 +18,17 @@ dof rotations applied in the listed order; its end point is the parent's end poi
 the global rotation applied to ``length * direction``.
 
 The AMC reader validates every frame against the skeleton (each bone with degrees of
-freedom present exactly once, the right number of values, only decimal numbers,
-consecutive frame numbers) and does so with vectorised NumPy over the whole file
-(``textscan``), at a few microseconds a frame.
+freedom present exactly once, the right number of values, only decimal numbers within
+plausible bounds, consecutive frame numbers) and does so with vectorised NumPy over the
+whole file (``textscan``), at a few microseconds a frame.
+
+Plausibility bounds: a number beyond them is a typing or transfer error, not a pose.
+An angle (AMC rotation channels; ASF axis, orientation and limits) must satisfy
+``|angle| <= MAX_ABS_ANGLE_DEG`` = 1e4 degrees (about 28 turns; the CMU files reach
+1154.5 degrees, where angles are unwrapped over several turns), a position or length
+(AMC root translation; ASF position, direction, length) ``|x| <= MAX_ABS_POSITION`` =
+1e5 ASF length units (the CMU root translations stay within 54). Every error names
+the file and line, and for an AMC value the frame, the channel and the text of the value.
 """
 
 from __future__ import annotations
@@ -39,6 +47,13 @@ ROTATION_DOFS = ("rx", "ry", "rz")
 TRANSLATION_DOFS = ("tx", "ty", "tz")
 _KNOWN_DOFS = ROTATION_DOFS + TRANSLATION_DOFS + ("l",)
 _DEGREE_WORDS = ("deg", "degree", "degrees")
+_SECTIONS = ("version", "name", "units", "documentation", "root", "bonedata", "hierarchy", "skin")
+_ONE_LINE_SECTIONS = ("version", "name")  # the value is on the header line
+_UNITS_KEYWORDS = ("mass", "length", "angle")
+_ROOT_KEYWORDS = ("order", "axis", "position", "orientation")
+
+MAX_ABS_ANGLE_DEG = 1e4  # degrees (see the module notes)
+MAX_ABS_POSITION = 1e5  # ASF length units (see the module notes)
 
 
 @dataclass(frozen=True)
@@ -174,7 +189,8 @@ def _read_text(path: Path) -> str:
     return data.decode("latin-1")
 
 
-def _floats(path: Path, line: int, words: list[str], count: int, what: str) -> tuple[float, ...]:
+def _floats(path: Path, line: int, words: list[str], count: int, what: str, bound: tuple[float, str]) -> tuple[float, ...]:
+    """``count`` finite numbers with ``|x| <= bound[0]`` (``bound[1]`` names its unit)."""
     if len(words) != count:
         raise MocapFormatError(path, line, f"{what}: expected {count} numbers, found {len(words)}")
     try:
@@ -183,6 +199,9 @@ def _floats(path: Path, line: int, words: list[str], count: int, what: str) -> t
         raise MocapFormatError(path, line, f"{what}: not a number in {' '.join(words)!r}") from None
     if not all(np.isfinite(values)):
         raise MocapFormatError(path, line, f"{what}: non-finite number in {' '.join(words)!r}")
+    for word, value in zip(words, values):
+        if abs(value) > bound[0]:
+            raise MocapFormatError(path, line, f"{what}: {word!r} is beyond the plausible bound of +-{bound[0]:.6g} {bound[1]}")
     return values
 
 
@@ -194,9 +213,19 @@ def _rotation_order(path: Path, line: int, word: str) -> str:
 
 
 def parse_asf(path: Path | str) -> Skeleton:
-    """Read an ASF skeleton; raises ``MocapFormatError(path, line, problem)``."""
+    """Read an ASF skeleton; raises ``MocapFormatError(path, line, problem)``.
+
+    Sections, ``:units`` and ``:root`` keywords outside the Acclaim set are refused, and
+    ``:name``/``:version`` hold one line: a lost or garbled section header would
+    otherwise hide the lines below it in another section, silently.
+    """
     path = Path(path)
-    lines = [ln.split("#", 1)[0].split() for ln in _read_text(path).splitlines()]
+    text = _read_text(path)
+    if not text.strip():
+        raise MocapFormatError(path, None, "empty file")
+    # Only "\n" ends a line (as in the AMC reader and in editors): str.splitlines would also
+    # split at a lone "\r", "\x0c" or "\x85" and shift every line number after it.
+    lines = [ln.split("#", 1)[0].split() for ln in text.split("\n")]
     sections: dict[str, list[tuple[int, list[str]]]] = {}
     current = None
     for number, words in enumerate(lines, start=1):
@@ -204,34 +233,53 @@ def parse_asf(path: Path | str) -> Skeleton:
             continue
         if words[0].startswith(":"):
             current = words[0][1:].lower()
+            if current not in _SECTIONS:
+                raise MocapFormatError(path, number, f"unknown section {words[0]!r}")
             if current in sections and current in ("root", "bonedata", "hierarchy", "units"):
                 raise MocapFormatError(path, number, f"section ':{current}' appears twice")
             sections.setdefault(current, []).append((number, words[1:]))
             continue
         if current is None:
             raise MocapFormatError(path, number, f"text before the first section: {' '.join(words)!r}")
+        if current in _ONE_LINE_SECTIONS:
+            raise MocapFormatError(path, number, f"unexpected line in section ':{current}' (its value belongs on the header line): {' '.join(words)!r}")
         sections[current].append((number, words))
-    for needed in ("root", "bonedata", "hierarchy"):
-        if needed not in sections:
-            raise MocapFormatError(path, None, f"missing section ':{needed}'")
+
+    def require(needed: str) -> list[tuple[int, list[str]]]:
+        """A required section; checked just before it is read, so that the lines of a
+        section whose header is missing are reported by the section they fell into."""
+        if needed in sections:
+            return sections[needed]
+        # Point at where the section should have begun: before the next one, else the end.
+        required = ("root", "bonedata", "hierarchy")
+        later = [s for s in required[required.index(needed) + 1 :] if s in sections]
+        if later:
+            raise MocapFormatError(path, sections[later[0]][0][0], f"missing section ':{needed}' before ':{later[0]}'")
+        raise MocapFormatError(path, len(lines), f"missing section ':{needed}' (the file ends here)")
 
     name = " ".join(sections.get("name", [(0, ["unnamed"])])[0][1]) or "unnamed"
     length_unit, angle_unit = 1.0, "deg"
     for number, words in sections.get("units", [])[1:]:
+        if words[0] not in _UNITS_KEYWORDS:
+            raise MocapFormatError(path, number, f"unknown units keyword {words[0]!r} (expected one of {', '.join(_UNITS_KEYWORDS)})")
         if words[0] == "length":
-            length_unit = _floats(path, number, words[1:], 1, "units length")[0]
+            length_unit = _floats(path, number, words[1:], 1, "units length", (MAX_ABS_POSITION, "(a scale)"))[0]
             if length_unit <= 0:
                 raise MocapFormatError(path, number, "units length must be positive")
         elif words[0] == "angle":
             if len(words) != 2 or words[1].lower() not in _DEGREE_WORDS + ("rad", "radian", "radians"):
                 raise MocapFormatError(path, number, f"units angle must be deg or rad, got {' '.join(words[1:])!r}")
             angle_unit = "deg" if words[1].lower() in _DEGREE_WORDS else "rad"
+    position_bound = (MAX_ABS_POSITION, "length units")
+    angle_bound = (MAX_ABS_ANGLE_DEG, "degrees") if angle_unit == "deg" else (float(np.radians(MAX_ABS_ANGLE_DEG)), f"radians ({MAX_ABS_ANGLE_DEG:.6g} degrees)")
 
     root_order: tuple[str, ...] | None = None
     root_axis, root_position, root_orientation = "XYZ", (0.0, 0.0, 0.0), (0.0, 0.0, 0.0)
-    root_line = sections["root"][0][0]
+    root_line = require("root")[0][0]
     for number, words in sections["root"][1:]:
         key = words[0].lower()
+        if key not in _ROOT_KEYWORDS:
+            raise MocapFormatError(path, number, f"unknown root keyword {words[0]!r} (expected one of {', '.join(_ROOT_KEYWORDS)})")
         if key == "order":
             root_order = tuple(w.lower() for w in words[1:])
             unknown = [d for d in root_order if d not in ROTATION_DOFS + TRANSLATION_DOFS]
@@ -242,16 +290,16 @@ def parse_asf(path: Path | str) -> Skeleton:
                 raise MocapFormatError(path, number, "root axis needs one rotation order such as XYZ")
             root_axis = _rotation_order(path, number, words[1])
         elif key == "position":
-            root_position = _floats(path, number, words[1:], 3, "root position")
+            root_position = _floats(path, number, words[1:], 3, "root position", position_bound)
         elif key == "orientation":
-            root_orientation = _floats(path, number, words[1:], 3, "root orientation")
+            root_orientation = _floats(path, number, words[1:], 3, "root orientation", angle_bound)
     if root_order is None:
         raise MocapFormatError(path, root_line, "root has no 'order' line")
 
     bones: dict[str, dict[str, Any]] = {}
     block: dict[str, Any] | None = None
     key = None
-    for number, words in sections["bonedata"][1:]:
+    for number, words in require("bonedata")[1:]:
         head = words[0].lower()
         if head == "begin":
             if block is not None:
@@ -277,15 +325,15 @@ def parse_asf(path: Path | str) -> Skeleton:
         elif head == "name":
             if len(words) != 2:
                 raise MocapFormatError(path, number, "a bone name must be one word")
-            block["name"], key = words[1], None
+            block["name"], block["name_line"], key = words[1], number, None
         elif head == "direction":
-            block["direction"], key = _floats(path, number, words[1:], 3, "direction"), None
+            block["direction"], key = _floats(path, number, words[1:], 3, "direction", position_bound), None
         elif head == "length":
-            block["length"], key = _floats(path, number, words[1:], 1, "length")[0], None
+            block["length"], key = _floats(path, number, words[1:], 1, "length", position_bound)[0], None
         elif head == "axis":
             if len(words) != 5:
                 raise MocapFormatError(path, number, "axis needs three angles and a rotation order")
-            block["axis"] = _floats(path, number, words[1:4], 3, "axis")
+            block["axis"] = _floats(path, number, words[1:4], 3, "axis", angle_bound)
             block["axis_order"], key = _rotation_order(path, number, words[4]), None
         elif head == "dof":
             dof = tuple(w.lower() for w in words[1:])
@@ -297,7 +345,7 @@ def parse_asf(path: Path | str) -> Skeleton:
             block["dof"], key = dof, None
         elif head == "limits" or key == "limits":
             text = " ".join(words[1:] if head == "limits" else words).replace("(", " ").replace(")", " ").split()
-            values = _floats(path, number, text, len(text), "limits") if text else ()
+            values = _floats(path, number, text, len(text), "limits", angle_bound) if text else ()
             if len(values) % 2:
                 raise MocapFormatError(path, number, "limits come in (min max) pairs")
             block["limits"] += [(values[i], values[i + 1]) for i in range(0, len(values), 2)]
@@ -307,9 +355,17 @@ def parse_asf(path: Path | str) -> Skeleton:
         else:
             raise MocapFormatError(path, number, f"unknown bone keyword {words[0]!r}")
     if block is not None:
-        raise MocapFormatError(path, None, f"bone {block.get('name', '?')!r} not closed by 'end' (truncated file?)")
+        raise MocapFormatError(path, block["line"], f"bone {block.get('name', '?')!r} not closed by 'end' (truncated file?)")
 
     parents: dict[str, str] = {}
+    hierarchy_end = require("hierarchy")[-1][0]  # its last line: where a missing entry shows
+    in_hierarchy = {w for _, words in sections["hierarchy"][1:] for w in words}
+
+    def unplaced() -> str:
+        """Bones the hierarchy never names, with their lines: often the other end of an error."""
+        missing = [f"{b!r} (line {bones[b]['name_line']})" for b in bones if b not in in_hierarchy]
+        return f"; defined but not in the hierarchy: {', '.join(missing)}" if missing else ""
+
     inside = False
     for number, words in sections["hierarchy"][1:]:
         if words[0].lower() == "begin":
@@ -322,16 +378,17 @@ def parse_asf(path: Path | str) -> Skeleton:
             raise MocapFormatError(path, number, "hierarchy line outside begin/end")
         parent = words[0]
         if parent != "root" and parent not in bones:
-            raise MocapFormatError(path, number, f"unknown bone {parent!r} in hierarchy")
+            raise MocapFormatError(path, number, f"unknown bone {parent!r} in hierarchy{unplaced()}")
         for child in words[1:]:
             if child not in bones:
-                raise MocapFormatError(path, number, f"unknown bone {child!r} in hierarchy")
+                raise MocapFormatError(path, number, f"unknown bone {child!r} in hierarchy{unplaced()}")
             if child in parents:
                 raise MocapFormatError(path, number, f"bone {child!r} has two parents")
             parents[child] = parent
     orphans = [b for b in bones if b not in parents]
     if orphans:
-        raise MocapFormatError(path, None, f"bones without a parent in the hierarchy: {orphans}")
+        listed = ", ".join(f"{b!r} (line {bones[b]['name_line']})" for b in orphans)
+        raise MocapFormatError(path, hierarchy_end, f"bones without a parent in the hierarchy: {listed}")
     # Parents before children (breadth first from the root); a cycle never reaches it.
     ordered: list[str] = []
     frontier = ["root"]
@@ -340,7 +397,7 @@ def parse_asf(path: Path | str) -> Skeleton:
         ordered += nxt
         frontier = nxt
     if len(ordered) != len(bones):
-        raise MocapFormatError(path, None, f"hierarchy has a cycle among {sorted(set(bones) - set(ordered))}")
+        raise MocapFormatError(path, hierarchy_end, f"hierarchy has a cycle among {sorted(set(bones) - set(ordered))}")
     return Skeleton(
         name=name,
         length_unit=length_unit,
@@ -462,7 +519,7 @@ def parse_amc(path: Path | str, skeleton: Skeleton) -> Motion:
     is_comment = opener == 35
     body = np.flatnonzero(is_digit)
     if len(body) == 0:
-        raise MocapFormatError(path, None, "no frames (no line with a frame number)")
+        raise MocapFormatError(path, int(sc.line_of(n_tok - 1)), "no frames (no line with a frame number up to the end of the file)")
     head_end = body[0]
 
     angle_unit = skeleton.angle_unit
@@ -495,6 +552,10 @@ def parse_amc(path: Path | str, skeleton: Skeleton) -> Motion:
         frame = _frame_of_line(frame_line)[line_pos]
         frame_no = sc.token(frame_tok[frame]).decode("latin-1") if frame >= 0 else "?"
         raise MocapFormatError(path, int(sc.line_of(tok)), f"frame {frame_no}: {problem}")
+
+    def fail_at_token(tok: int, problem: str) -> None:
+        """Raise for the body line holding token ``tok``."""
+        fail(int(np.searchsorted(lines, np.searchsorted(line_first, tok, side="right") - 1)), problem)
 
     # Frame lines: one token, the frame number, counting up by one.
     bad = np.flatnonzero(line_len[lines[frame_line]] != 1)
@@ -573,8 +634,7 @@ def parse_amc(path: Path | str, skeleton: Skeleton) -> Motion:
     values, ok = parse_decimals(sc, value_tok)
     if not ok.all():
         tok = int(value_tok[int(np.flatnonzero(~ok)[0])])
-        line_pos = int(np.searchsorted(lines, np.searchsorted(line_first, tok, side="right") - 1))
-        fail(line_pos, f"value {sc.token(tok).decode('latin-1')!r} is not a finite decimal number")
+        fail_at_token(tok, f"value {sc.token(tok).decode('latin-1')!r} is not a finite decimal number")
 
     n_dofs = int(n_values.sum())
     if uniform:
@@ -592,11 +652,29 @@ def parse_amc(path: Path | str, skeleton: Skeleton) -> Motion:
         row = np.repeat(frame_idx, per_line)
         out = np.empty((n_frames, n_dofs))
         out[row, column] = values
+
+    # Plausibility bounds a channel: angles in the file's unit, the root translation in length units.
+    dof_names = tuple(skeleton.dof_names())
+    rotation = np.array([name.rsplit(".", 1)[1] in ROTATION_DOFS for name in dof_names])
+    angle_limit = MAX_ABS_ANGLE_DEG if angle_unit == "deg" else float(np.radians(MAX_ABS_ANGLE_DEG))
+    limit = np.where(rotation, angle_limit, MAX_ABS_POSITION)
+    if not (np.abs(out) <= limit).all():
+        value_column = np.tile(columns, n_frames) if uniform else column
+        v = int(np.flatnonzero(np.abs(values) > limit[value_column])[0])
+        c = int(value_column[v])
+        if not rotation[c]:
+            bound = f"{MAX_ABS_POSITION:.6g} length units"
+        elif angle_unit == "deg":
+            bound = f"{MAX_ABS_ANGLE_DEG:.6g} degrees"
+        else:
+            bound = f"{angle_limit:.6g} radians ({MAX_ABS_ANGLE_DEG:.6g} degrees)"
+        tok = int(value_tok[v])
+        fail_at_token(tok, f"{dof_names[c]} = {sc.token(tok).decode('latin-1')!r} is beyond the plausible bound of +-{bound}")
     return Motion(
         path=str(path),
         values=out,
         frame_numbers=expected.astype(np.int64),
-        dof_names=tuple(skeleton.dof_names()),
+        dof_names=dof_names,
         angle_unit=angle_unit,
     )
 

@@ -40,27 +40,27 @@ __all__ = ["FacesParams", "prepare", "build_identities", "render_grid"]
 class FacesParams:
     """The ``prepare_faces`` section of params.yaml."""
 
-    source: Literal["procedural", "sfm", "meshes"] = "procedural"
-    model_path: str = ""  # sfm: the shape model, e.g. sfm_shape_3448.bin
-    blendshapes_path: str = ""  # sfm: expression_blendshapes_3448.bin ('' = neutral faces)
-    mesh_folder: str = ""  # meshes: folder of .obj/.ply files with one topology
-    representation: Literal["image", "vertices"] = "image"
-    n_identities: int = 20  # sfm/procedural: identities drawn; meshes: first n files (0 = all)
-    identity_std: float = 1.0  # sfm: std of the shape coefficients (in eigenvalue stds)
-    expression_std: float = 0.0  # sfm: std of the expression weights (0 = neutral)
-    azimuth_range: tuple[float, float] = (-90.0, 90.0)  # degrees
-    n_azimuth: int = 13
-    elevation_range: tuple[float, float] = (-30.0, 30.0)
-    n_elevation: int = 5
-    light_range: tuple[float, float] = (-60.0, 60.0)  # light direction, degrees right of the camera axis
-    n_light: int = 5
-    light_elevation: float = 20.0
-    ambient: float = 0.1
-    image_size: int = 64
-    split_by: Literal["sample", "identity"] = "sample"
-    test_fraction: float = 0.2
-    seed: int = 0
-    batch: int = 32  # images rendered at once (small batches stay in cache)
+    source: Literal["procedural", "sfm", "meshes"]
+    model_path: str  # sfm: the shape model, e.g. sfm_shape_3448.bin
+    blendshapes_path: str  # sfm: expression_blendshapes_3448.bin ('' = neutral faces)
+    mesh_folder: str  # meshes: folder of .obj/.ply files with one topology
+    representation: Literal["image", "vertices"]
+    n_identities: int  # sfm/procedural: identities drawn; meshes: first n files (0 = all)
+    identity_std: float  # sfm: std of the shape coefficients (in eigenvalue stds)
+    expression_std: float  # sfm: std of the expression weights (0 = neutral)
+    azimuth_range: tuple[float, float]  # degrees
+    n_azimuth: int
+    elevation_range: tuple[float, float]
+    n_elevation: int
+    light_range: tuple[float, float]  # light direction, degrees right of the camera axis
+    n_light: int
+    light_elevation: float
+    ambient: float
+    image_size: int
+    split_by: Literal["sample", "identity"]
+    test_fraction: float
+    seed: int
+    batch: int  # images rendered at once (small batches stay in cache)
 
     def __post_init__(self) -> None:
         if self.source not in ("procedural", "sfm", "meshes"):

@@ -17,6 +17,13 @@ procedural parametric head.
 * A procedural head: a closed ellipsoid mesh with a nose, eye sockets, brows, cheeks,
   lips, chin and ears as smooth bumps whose sizes are the identity parameters. It is a
   stand-in for a face model when none is available.
+
+Plausibility bound: every vertex coordinate read from a file (a mesh, the shape
+mean, a blendshape deformation) must be finite with ``|x| <= MAX_ABS_COORDINATE`` =
+1e6 in the file's units (a kilometre in millimetres; the Surrey Face Model's mean
+stays within 106 mm), and a shape standard deviation ``sqrt(eigenvalue)`` too. A
+larger number is a corrupted file, not a face. Errors name the file, the line (OBJ)
+or byte offset (binary) or vertex index (PLY), and the value.
 """
 
 from __future__ import annotations
@@ -28,6 +35,8 @@ from pathlib import Path
 import numpy as np
 
 from preprocessing.errors import MeshFormatError
+
+MAX_ABS_COORDINATE = 1e6  # file units (see the module notes)
 
 
 @dataclass(frozen=True)
@@ -82,11 +91,20 @@ class _Cereal:
     def unpack(self, fmt: str, what: str) -> tuple:
         return struct.unpack("<" + fmt, self.take(struct.calcsize("<" + fmt), what))
 
-    def matrix(self, what: str, max_elements: int = 10**8) -> np.ndarray:
+    def matrix(self, what: str, max_elements: int = 10**8, bound: float | None = None) -> np.ndarray:
+        """An Eigen float matrix; with ``bound``, every value finite and ``|x| <= bound``."""
         rows, cols = self.unpack("ii", f"{what} shape")
         if rows < 0 or cols < 0 or rows * cols > max_elements:
             self.fail(f"{what} has impossible shape {rows} x {cols}")
+        start = self.at
         data = np.frombuffer(self.take(4 * rows * cols, what), dtype="<f4")
+        if bound is not None:
+            bad = np.flatnonzero(~(np.abs(data) <= bound))
+            if len(bad):
+                k = int(bad[0])
+                self.at = start + 4 * k
+                kind = "is not finite" if not np.isfinite(data[k]) else f"is beyond the plausible bound of +-{bound:.6g}"
+                self.fail(f"{what} value {k} (row {k % rows}, column {k // rows}) = {float(data[k])!r} {kind}")
         return data.reshape(cols, rows).T.astype(np.float64)  # Eigen stores column-major
 
     def count(self, what: str, item_bytes: int) -> int:
@@ -111,9 +129,9 @@ def read_sfm(path: Path | str) -> MorphableModel:
     (version,) = r.unpack("I", "class version")
     if version > 4:
         r.fail(f"MorphableModel class version {version} is not a version this reader knows")
-    mean = r.matrix("shape mean")
+    mean = r.matrix("shape mean", bound=MAX_ABS_COORDINATE)
     basis = r.matrix("shape basis")
-    eigenvalues = r.matrix("shape eigenvalues")
+    eigenvalues = r.matrix("shape eigenvalues", bound=MAX_ABS_COORDINATE**2)  # variances
     n_tri = r.count("triangles", 12)
     triangles = np.frombuffer(r.take(12 * n_tri, "triangles"), dtype="<i4").reshape(-1, 3).astype(np.int64)
     if mean.shape[1] != 1 or mean.shape[0] % 3 or mean.shape[0] == 0:
@@ -155,7 +173,7 @@ def read_blendshapes(path: Path | str, n_vertices: int | None = None) -> Blendsh
     names, deformations = [], []
     for i in range(n):
         names.append(r.string(f"blendshape {i} name"))
-        d = r.matrix(f"blendshape {names[-1]!r} deformation")
+        d = r.matrix(f"blendshape {names[-1]!r} deformation", bound=MAX_ABS_COORDINATE)
         if d.shape[1] != 1 or d.shape[0] % 3:
             r.fail(f"blendshape {names[-1]!r} deformation has shape {d.shape}")
         if n_vertices is not None and d.shape[0] != 3 * n_vertices:
@@ -174,13 +192,19 @@ def read_blendshapes(path: Path | str, n_vertices: int | None = None) -> Blendsh
 # --------------------------------------------------------------------------- OBJ / PLY
 
 
-def _check_mesh(path: Path, vertices: np.ndarray, triangles: np.ndarray) -> Mesh:
+def _check_mesh(path: Path, vertices: np.ndarray, triangles: np.ndarray, vertex_lines: list[int] | None = None) -> Mesh:
+    """``vertex_lines``: the file line of every vertex, where the format has lines (OBJ)."""
     if len(vertices) == 0:
         raise MeshFormatError(path, None, "no vertices")
     if len(triangles) == 0:
         raise MeshFormatError(path, None, "no faces")
-    if not np.isfinite(vertices).all():
-        raise MeshFormatError(path, None, "vertex coordinates hold NaN or inf")
+    bad = np.flatnonzero(~(np.abs(vertices) <= MAX_ABS_COORDINATE).all(axis=1))
+    if len(bad):
+        i = int(bad[0])
+        value = float(vertices[i][~(np.abs(vertices[i]) <= MAX_ABS_COORDINATE)][0])
+        kind = "is not finite" if not np.isfinite(value) else f"is beyond the plausible bound of +-{MAX_ABS_COORDINATE:.6g}"
+        line = vertex_lines[i] if vertex_lines is not None else None
+        raise MeshFormatError(path, line, f"vertex {i + 1}: coordinate {value!r} {kind}")
     if triangles.min() < 0 or triangles.max() >= len(vertices):
         raise MeshFormatError(path, None, f"face index outside 1..{len(vertices)}")
     return Mesh(vertices=vertices.astype(np.float64), triangles=triangles.astype(np.int64))
@@ -191,6 +215,7 @@ def read_obj(path: Path | str) -> Mesh:
     path = Path(path)
     text = _read_bytes(path).decode("latin-1")
     vertices: list[tuple[float, float, float]] = []
+    vertex_lines: list[int] = []
     triangles: list[tuple[int, int, int]] = []
     for number, line in enumerate(text.splitlines(), start=1):
         words = line.split("#", 1)[0].split()
@@ -201,6 +226,7 @@ def read_obj(path: Path | str) -> Mesh:
                 raise MeshFormatError(path, number, f"vertex needs 3 coordinates, got {len(words) - 1} values")
             try:
                 vertices.append((float(words[1]), float(words[2]), float(words[3])))
+                vertex_lines.append(number)
             except ValueError:
                 raise MeshFormatError(path, number, f"vertex coordinate is not a number: {line.strip()!r}") from None
         elif words[0] == "f":
@@ -214,7 +240,7 @@ def read_obj(path: Path | str) -> Mesh:
             if any(i < 0 or i >= len(vertices) for i in idx) or 0 in [int(w.split("/", 1)[0]) for w in words[1:]]:
                 raise MeshFormatError(path, number, f"face index outside 1..{len(vertices)}")
             triangles += [(idx[0], idx[k], idx[k + 1]) for k in range(1, len(idx) - 1)]
-    return _check_mesh(path, np.array(vertices, dtype=np.float64).reshape(-1, 3), np.array(triangles, dtype=np.int64).reshape(-1, 3))
+    return _check_mesh(path, np.array(vertices, dtype=np.float64).reshape(-1, 3), np.array(triangles, dtype=np.int64).reshape(-1, 3), vertex_lines)
 
 
 _PLY_TYPES = {

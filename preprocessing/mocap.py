@@ -47,19 +47,19 @@ SOURCE_FPS = 120
 class MocapParams:
     """The ``prepare_mocap`` section of params.yaml."""
 
-    source: str = "embedded"  # folder of ASF/AMC files (searched recursively) or 'embedded'
-    embedded_dir: str = "data/raw/mocap_embedded"  # where 'embedded' is fetched to
-    index_file: str = "INDEX.tsv"  # inside source; used when present ('' = none)
-    fallback_asf: str = ""  # skeleton for subjects without <subject>.asf (path inside source or absolute)
-    subjects: tuple[str, ...] = ()  # keep only these subjects (empty: all)
-    motions: tuple[str, ...] = ()  # keep only these motion labels (empty: all)
-    drop_root_translation: bool = True
-    keep_root_orientation: bool = True
-    angle_encoding: Literal["degrees", "sincos"] = "degrees"
-    frame_step: int = 4  # 120 fps -> 30 fps
-    segment_frames: int = 0  # 0: whole trials are split units; > 0: segments of this many (subsampled) frames
-    test_fraction: float = 0.2
-    seed: int = 0
+    source: str  # folder of ASF/AMC files (searched recursively) or 'embedded'
+    embedded_dir: str  # where 'embedded' is fetched to
+    index_file: str  # inside source; used when present ('' = none)
+    fallback_asf: str  # skeleton for subjects without <subject>.asf (path inside source or absolute)
+    subjects: tuple[str, ...]  # keep only these subjects (empty: all)
+    motions: tuple[str, ...]  # keep only these motion labels (empty: all)
+    drop_root_translation: bool
+    keep_root_orientation: bool
+    angle_encoding: Literal["degrees", "sincos"]
+    frame_step: int  # 120 fps -> 30 fps
+    segment_frames: int  # 0: whole trials are split units; > 0: segments of this many (subsampled) frames
+    test_fraction: float
+    seed: int
 
     def __post_init__(self) -> None:
         if self.frame_step < 1:

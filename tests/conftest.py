@@ -72,6 +72,25 @@ def shared_data_dir() -> Path | None:
     return None
 
 
+def stage_params(cls, section: str, **overrides):
+    """A stage's params record from the real params.yaml, with some keys replaced."""
+    from pipelines.params import from_dict, read_yaml
+
+    raw = dict(read_yaml(REPO_ROOT / "params.yaml")[section])
+    raw.pop("enabled", None)  # a pipeline switch, not a knob of the stage
+    raw.update(overrides)
+    return from_dict(cls, raw, REPO_ROOT / "params.yaml", section)
+
+
+@pytest.fixture(scope="session")
+def harness():
+    """One Prefect test harness (a temporary database and API) for every test that runs flows."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     path = shared_data_dir()

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from hypothesis import strategies as st
 
-from vhp_core import ConstraintConfig, HierarchicalPrior
+from vhp_core import MODEL_NAMES, REWO_VARIANTS, ConstraintConfig, HierarchicalPrior
 
 DTYPE = torch.float64
 
@@ -21,7 +21,8 @@ latent_dims = st.integers(min_value=1, max_value=4)
 zeta_dims = st.integers(min_value=1, max_value=3)
 data_dims = st.integers(min_value=1, max_value=6)
 batch_sizes = st.integers(min_value=1, max_value=9)
-model_names = st.sampled_from(["vhp", "vhp-geco", "iwae", "vae", "vamp"])
+model_names = st.sampled_from(MODEL_NAMES)
+rules = st.sampled_from(["rewo", "geco", "none"])
 likelihood_names = st.sampled_from(["gaussian", "bernoulli"])
 # Log-weights as large as +-1e4 overflow exp() even in float64.
 extreme_log_weights = st.lists(st.floats(min_value=-1e4, max_value=1e4), min_size=1, max_size=50)
@@ -125,25 +126,59 @@ linear_gaussian_priors = st.builds(
 
 
 @st.composite
-def constraint_configs(draw: st.DrawFn, lambda_init: float | None = 1.0) -> ConstraintConfig:
-    """kappa in [0.05, 3], alpha in [0, 0.999], nu in [1e-4, 2], beta in [0.1, 10],
-    lambda_min in [0, 1], lambda_max in [1, 1e6]; lambda_init = 1 unless None (then drawn in range)."""
-    lambda_min = draw(st.floats(0.0, 1.0))
-    lambda_max = draw(st.floats(1.0, 1e6))
-    init = draw(st.floats(lambda_min, lambda_max)) if lambda_init is None else lambda_init
+def constraint_configs(
+    draw: st.DrawFn,
+    lambda_init: float | None = 1.0,
+    variant: str | None = None,
+    kappa: str = "any",
+) -> ConstraintConfig:
+    """A valid ConstraintConfig with every field drawn from a stated range.
+
+    kappa: 'fixed' in [0.05, 3], 'auto' (None) or 'any' of the two. variant: drawn from
+    REWO_VARIANTS unless given. alpha in [0, 0.999]; nu in [1e-4, 2]; tau in [0.1, 200];
+    lambda_every in [1, 8]; step_min in [0.5, 1], step_max in [1, 2]; lambda_min =
+    10^[-6, 0], lambda_max = 10^[0, 8]; lambda_init = 1, or (None) 10^u with u drawn in
+    [log10 lambda_min, log10 lambda_max]; geco_nu in [1e-4, 1]; auto_slack in [0, 1];
+    auto_window in [1, 8]; auto_threshold in [0, 0.5]; auto_max_steps in [1, 60].
+    """
+    kind = draw(st.sampled_from(["fixed", "auto"])) if kappa == "any" else kappa
+    log_min = draw(st.floats(-6.0, 0.0))
+    log_max = draw(st.floats(0.0, 8.0))
+    init = 10.0 ** draw(st.floats(log_min, log_max)) if lambda_init is None else lambda_init
     return ConstraintConfig(
-        kappa=draw(st.floats(0.05, 3.0)),
-        alpha=draw(st.floats(0.0, 0.999)),
+        kappa=draw(st.floats(0.05, 3.0)) if kind == "fixed" else None,
+        variant=draw(st.sampled_from(REWO_VARIANTS)) if variant is None else variant,
+        alpha=draw(st.one_of(st.just(0.0), st.floats(0.0, 0.999))),
         nu=draw(st.floats(1e-4, 2.0)),
-        beta=draw(st.floats(0.1, 10.0)),
-        lambda_min=lambda_min,
-        lambda_max=lambda_max,
-        lambda_init=init,
+        tau=draw(st.floats(0.1, 200.0)),
+        lambda_every=draw(st.integers(1, 8)),
+        step_min=draw(st.floats(0.5, 1.0)),
+        step_max=draw(st.floats(1.0, 2.0)),
+        lambda_min=10.0**log_min,
+        lambda_max=10.0**log_max,
+        lambda_init=min(max(init, 10.0**log_min), 10.0**log_max),
+        geco_nu=draw(st.floats(1e-4, 1.0)),
+        auto_slack=draw(st.floats(0.0, 1.0)),
+        auto_window=draw(st.integers(1, 8)),
+        auto_threshold=draw(st.floats(0.0, 0.5)),
+        auto_max_steps=draw(st.integers(1, 60)),
     )
 
 
-def constraint_sequences(max_size: int = 60) -> st.SearchStrategy[list[float]]:
-    """Batch reconstruction errors C_ba: mostly in [0, 20] (around kappa^2), some up to 1e6."""
+def constraint_sequences(min_size: int = 1, max_size: int = 80) -> st.SearchStrategy[list[float]]:
+    """Batch reconstruction errors C_ba: mostly in [0, 20] (around kappa^2), some up to 1e6, some 0."""
     value = st.one_of(st.floats(0.0, 20.0), st.floats(0.0, 1e6), st.just(0.0))
-    return st.lists(value, min_size=1, max_size=max_size)
+    return st.lists(value, min_size=min_size, max_size=max_size)
 
+
+@st.composite
+def phased_constraint_sequences(draw: st.DrawFn, max_size: int = 80) -> list[float]:
+    """1-5 values of C_ba = 0 (C_hat = 0 meets any fixed kappa, so REWO's initial phase ends at
+    step 1), then a constraint_sequences() tail: most steps are in the constrained phase."""
+    head = [0.0] * draw(st.integers(1, 5))
+    return head + draw(constraint_sequences(max_size=max_size))
+
+
+def mixed_constraint_sequences() -> st.SearchStrategy[list[float]]:
+    """constraint_sequences() or phased_constraint_sequences(): long initial phases and long constrained ones."""
+    return st.one_of(constraint_sequences(), phased_constraint_sequences())

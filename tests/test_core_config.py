@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from vhp_core import ConstraintConfig, ModelConfig
+from vhp_core import HIERARCHICAL_MODELS, MODEL_NAMES, ConstraintConfig, ModelConfig
 
 BASE = {"model": "vhp", "x_shape": (62,), "likelihood": "gaussian"}
 
@@ -57,16 +57,51 @@ def test_model_config_round_trips_through_asdict_with_lists() -> None:
         ("kappa", 0.0),
         ("kappa", -1.0),
         ("kappa", float("inf")),
+        ("kappa", "auto"),
+        ("variant", "geco"),
         ("alpha", 1.0),
         ("alpha", -0.1),
         ("nu", 0.0),
-        ("beta", 0.0),
+        ("tau", 0.0),
+        ("tau", float("nan")),
+        ("geco_nu", -1.0),
+        ("lambda_every", 0),
+        ("lambda_every", 2.0),
+        ("step_min", 0.0),
+        ("step_min", 1.1),
+        ("step_max", 0.99),
+        ("lambda_min", 0.0),
         ("lambda_min", -1.0),
-        ("lambda_max", 0.5),
-        ("lambda_init", 2e4),
+        ("lambda_max", 1e-7),
+        ("lambda_init", 1e9),
+        ("lambda_init", 1e-7),
+        ("auto_slack", -0.1),
+        ("auto_window", 0),
+        ("auto_threshold", 1.0),
+        ("auto_threshold", -0.01),
+        ("auto_max_steps", 0),
+        ("auto_max_steps", True),
     ],
 )
-def test_constraint_config_rejects_bad_values(field: str, value: float) -> None:
-    kwargs = {"kappa": 1.0, "lambda_min": 0.0 if field != "lambda_max" else 1.0, field: value}
+def test_constraint_config_rejects_bad_values(field: str, value: object) -> None:
     with pytest.raises(ValueError, match=field):
-        ConstraintConfig(**kwargs)
+        ConstraintConfig(**{"kappa": 1.0, field: value})
+
+
+def test_constraint_config_defaults_are_the_authors() -> None:
+    cfg = ConstraintConfig(kappa=None)
+    fields = [f.name for f in dataclasses.fields(ConstraintConfig)]
+    assert fields == [
+        "kappa", "variant", "alpha", "nu", "tau", "lambda_every", "step_min", "step_max", "lambda_min",
+        "lambda_max", "lambda_init", "geco_nu", "auto_slack", "auto_window", "auto_threshold", "auto_max_steps",
+    ]
+    assert (cfg.variant, cfg.alpha, cfg.nu, cfg.tau, cfg.lambda_every) == ("authors", 0.99, 1.0, 100.0, 100)
+    assert (cfg.step_min, cfg.step_max, cfg.lambda_min, cfg.lambda_max, cfg.lambda_init) == (0.9, 1.05, 1e-6, 1e8, 1.0)
+    ConstraintConfig(kappa=0.1, step_min=1.0, step_max=1.0, auto_slack=0.0, auto_threshold=0.0, lambda_min=1.0, lambda_max=1.0)
+
+
+def test_model_names_registry() -> None:
+    assert MODEL_NAMES == ("vhp", "vhp-iw", "vhp-geco", "iwae", "vae", "vamp")
+    assert set(HIERARCHICAL_MODELS) <= set(MODEL_NAMES)
+    for name in MODEL_NAMES:
+        ModelConfig(**{**BASE, "model": name})

@@ -12,11 +12,20 @@ import pytest
 import yaml
 
 from pipelines.cli import PREPARE_SECTIONS, build_parser, main
-from pipelines.evaluate import EvaluateParams
-from pipelines.params import ParamsError, dotted_keys, from_dict, read_yaml, section
-from pipelines.report import ReportParams
-from pipelines.retrain import RetrainParams
-from pipelines.train import BaseParams, TrainParams, constraint_config, model_config
+from pipelines.params import (
+    BaseParams,
+    EvaluateParams,
+    ParamsError,
+    ReportParams,
+    RetrainParams,
+    SweepParams,
+    TrainParams,
+    dotted_keys,
+    from_dict,
+    read_yaml,
+    section,
+)
+from pipelines.train import constraint_config, model_config
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = ROOT / "params.yaml"
@@ -39,14 +48,9 @@ def stage_classes() -> dict[str, type]:
         "evaluate": EvaluateParams,
         "report": ReportParams,
         "retrain": RetrainParams,
+        "sweep": SweepParams,
     }
     classes.update(_prepare_classes())
-    try:
-        from pipelines.sweep import SweepParams
-
-        classes["sweep"] = SweepParams
-    except ImportError:
-        pass
     return classes
 
 
@@ -68,7 +72,8 @@ def test_every_section_builds_from_the_real_params():
         shape = (62,) if dataset == "mocap" else (1, 64, 64)
         likelihood = "bernoulli" if dataset == "fashion_mnist" else "gaussian"
         assert model_config(train, dataset, model, shape, likelihood).model == model
-        assert constraint_config(train, dataset).kappa > 0
+        ccfg = constraint_config(train, dataset, 1000)
+        assert ccfg.kappa is None if train.kappa[dataset] == "auto" else ccfg.kappa > 0
 
 
 def test_params_has_no_section_without_a_consumer():
@@ -94,12 +99,19 @@ def test_nested_unknown_key_is_refused():
         from_dict(TrainParams, bad, PARAMS, "train")
 
 
-def test_missing_required_key_is_refused():
+@pytest.mark.parametrize("name", ["base", "train", "evaluate", "report", "retrain", "sweep", "prepare_mocap",
+                                  "prepare_faces", "prepare_fashion_mnist"])
+def test_every_key_is_required_params_yaml_is_the_only_source(name):
     raw = read_yaml(PARAMS)
-    bad = copy.deepcopy(raw["train"])
-    del bad["epochs"]
-    with pytest.raises(ParamsError, match=r"train\.epochs: missing key"):
-        from_dict(TrainParams, bad, PARAMS, "train")
+    cls = stage_classes()[name]
+    data = _strip_switch(name, raw[name])
+    for key in data:
+        bad = copy.deepcopy(data)
+        del bad[key]
+        with pytest.raises(ParamsError, match=rf"{name}\.{key}: missing key"):
+            from_dict(cls, bad, PARAMS, name)
+    for field in dataclasses.fields(cls):  # no record fills in a value of its own
+        assert field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING, field.name
 
 
 @pytest.mark.parametrize(
@@ -123,7 +135,7 @@ def test_non_positive_kappa_is_refused():
     raw = read_yaml(PARAMS)
     bad = copy.deepcopy(raw["train"])
     bad["kappa"]["mocap"] = 0.0
-    with pytest.raises(ParamsError, match=r"kappa\.mocap must be > 0"):
+    with pytest.raises(ParamsError, match=r"kappa\.mocap must be 'auto' or a number > 0"):
         from_dict(TrainParams, bad, PARAMS, "train")
 
 

@@ -13,6 +13,7 @@ from preprocessing.faces import FacesParams, prepare
 from preprocessing.meshes import procedural_head, read_blendshapes, read_mesh, read_obj, read_ply, read_sfm, sample_head_identity
 from preprocessing.render import rasterise, render, vertex_normals
 from preprocessing.store import open_dataset
+from conftest import stage_params
 
 
 def _eigen(matrix: np.ndarray) -> bytes:
@@ -156,7 +157,7 @@ def test_render_shapes_range_and_rotation() -> None:
 
 
 def test_prepare_procedural_faces(tmp_path: Path) -> None:
-    params = FacesParams(n_identities=3, n_azimuth=4, n_elevation=2, n_light=2, test_fraction=0.25, seed=1)
+    params = stage_params(FacesParams, "prepare_faces", n_identities=3, n_azimuth=4, n_elevation=2, n_light=2, test_fraction=0.25, seed=1)
     prepare(params, tmp_path / "faces.zarr", progress=False)
     ds = open_dataset(tmp_path / "faces.zarr")
     assert ds.attrs["stand_in"] is True and ds.attrs["source"] == "procedural"
@@ -169,7 +170,7 @@ def test_prepare_procedural_faces(tmp_path: Path) -> None:
 
 
 def test_prepare_split_by_identity_and_vertices(tmp_path: Path) -> None:
-    params = FacesParams(n_identities=5, n_azimuth=3, n_elevation=2, n_light=3, split_by="identity", representation="vertices")
+    params = stage_params(FacesParams, "prepare_faces", n_identities=5, n_azimuth=3, n_elevation=2, n_light=3, split_by="identity", representation="vertices")
     prepare(params, tmp_path / "v.zarr", progress=False)
     ds = open_dataset(tmp_path / "v.zarr")
     n_vertices = len(procedural_head(sample_head_identity(np.random.default_rng(0))).vertices)
@@ -185,7 +186,7 @@ def test_prepare_from_mesh_folder(tmp_path: Path) -> None:
     for i in range(3):
         lines = [f"v {a} {b} {c}" for a, b, c in v * (1 + 0.1 * i)] + [f"f {a + 1} {b + 1} {c + 1}" for a, b, c in t]
         (folder / f"person{i}.obj").write_text("\n".join(lines) + "\n")
-    params = FacesParams(source="meshes", mesh_folder=str(folder), n_identities=0, n_azimuth=2, n_elevation=1, n_light=2)
+    params = stage_params(FacesParams, "prepare_faces", source="meshes", mesh_folder=str(folder), n_identities=0, n_azimuth=2, n_elevation=1, n_light=2)
     prepare(params, tmp_path / "m.zarr", progress=False)
     ds = open_dataset(tmp_path / "m.zarr")
     assert ds.attrs["labels"]["identity"]["classes"] == ["person0", "person1", "person2"]
@@ -201,7 +202,7 @@ def test_prepare_sfm_faces(shared_data: Path, tmp_path: Path) -> None:
     model = shared_data / "sfm" / "sfm_shape_3448.bin"
     if not model.is_file():
         pytest.skip("shared data has no sfm/sfm_shape_3448.bin")
-    params = FacesParams(
+    params = stage_params(FacesParams, "prepare_faces", 
         source="sfm",
         model_path=str(model),
         blendshapes_path=str(shared_data / "sfm" / "expression_blendshapes_3448.bin"),

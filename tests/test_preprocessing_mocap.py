@@ -20,6 +20,7 @@ from preprocessing.errors import MocapFormatError, PreprocessingError, SourceErr
 from preprocessing.mocap import MocapParams, decode, encode, features_to_positions, load_trials, prepare, skeleton_edges
 from preprocessing.store import denormalise, open_dataset
 from preprocessing.textscan import parse_decimals, scan
+from conftest import stage_params
 
 SYNTHETIC_ASF = """# a small CMU-style skeleton
 :version 1.10
@@ -264,6 +265,47 @@ def test_nan_value_is_refused(synthetic, tmp_path: Path) -> None:
     assert "'nan' is not a finite decimal number" in str(_bad(tmp_path, synthetic[1], edit))
 
 
+@pytest.mark.parametrize(
+    "bone, nth, word, value, message",
+    [
+        ("lfemur", 3, 2, "1e300", "frame 4: lfemur.ry = '1e300' is beyond the plausible bound of +-10000 degrees"),
+        ("lhand", 0, 1, "-10000.5", "frame 1: lhand.rx = '-10000.5' is beyond the plausible bound of +-10000 degrees"),
+        ("root", 5, 3, "2e5", "frame 6: root.tz = '2e5' is beyond the plausible bound of +-100000 length units"),
+        ("root", 1, 4, "-1.5e12", "frame 2: root.rx = '-1.5e12' is beyond the plausible bound of +-10000 degrees"),
+    ],
+)
+def test_implausible_values_are_refused_naming_line_frame_channel_and_value(synthetic, tmp_path: Path, bone, nth, word, value, message) -> None:
+    at = {}
+
+    def edit(ls):
+        i = at["line"] = _line_of(ls, bone + " ", nth)
+        words = ls[i].split(" ")
+        words[word] = value
+        ls[i] = " ".join(words)
+        return ls
+
+    err = _bad(tmp_path, synthetic[1], edit)
+    assert err.line == at["line"] + 1 and message in str(err)
+
+
+def test_bounds_allow_multi_turn_angles_and_follow_the_angle_unit(synthetic, tmp_path: Path) -> None:
+    _, sk = synthetic
+    text, expected = write_amc(sk, 3, np.random.default_rng(2))
+    lines = text.split("\n")
+    i = _line_of(lines, "ltibia ", 1)
+    (tmp_path / "turns.amc").write_text("\n".join(lines[:i] + ["ltibia -9999.75"] + lines[i + 1 :]))
+    assert parse_amc(tmp_path / "turns.amc", sk).values[1, sk.dof_names().index("ltibia.rx")] == -9999.75
+    # In a :RADIANS file the same bound holds: 1e4 degrees is 174.53 radians.
+    text, _ = write_amc(sk, 2, np.random.default_rng(2), radians=True)
+    lines = text.split("\n")
+    i = _line_of(lines, "ltibia ", 0)
+    (tmp_path / "rad.amc").write_text("\n".join(lines[:i] + ["ltibia 174.5"] + lines[i + 1 :]))
+    assert parse_amc(tmp_path / "rad.amc", sk).values[0, sk.dof_names().index("ltibia.rx")] == 174.5
+    (tmp_path / "rad.amc").write_text("\n".join(lines[:i] + ["ltibia 174.6"] + lines[i + 1 :]))
+    with pytest.raises(MocapFormatError, match=r"rad.amc:%d: frame 1: ltibia.rx = '174.6' is beyond the plausible bound of \+-174.533 radians \(10000 degrees\)" % (i + 1)):
+        parse_amc(tmp_path / "rad.amc", sk)
+
+
 def test_truncated_file(synthetic, tmp_path: Path) -> None:
     err = _bad(tmp_path, synthetic[1], lambda ls: ls[: _line_of(ls, "ltibia", 5)])
     assert "frame 6: missing bones" in str(err) and "truncated" in str(err)
@@ -292,7 +334,12 @@ def test_empty_and_header_only_files(synthetic, tmp_path: Path) -> None:
         ("length 7.49137", "length seven", "length: not a number"),
         ("    lfemur ltibia\n", "    lfemur ltibia nobone\n", "unknown bone 'nobone' in hierarchy"),
         ("    lowerback lhand\n", "", "bones without a parent"),
-        (":hierarchy", ":hierarchyX", "missing section ':hierarchy'"),
+        (":hierarchy", ":hierarchyX", "unknown section ':hierarchyX'"),
+        (":root\n", "", r"bad.asf:14: missing section ':root' before ':bonedata'"),
+        ("   axis XYZ\n", "   axes XYZ\n", "unknown root keyword 'axes'"),
+        ("  angle deg\n", "  angel deg\n", "unknown units keyword 'angel'"),
+        ("length 7.49137", "length 7.49137e300", "length: '7.49137e300' is beyond the plausible bound of \\+-100000 length units"),
+        ("axis 0 0 20  XYZ\n    dof rx\n", "axis 0 0 2e4  XYZ\n    dof rx\n", "axis: '2e4' is beyond the plausible bound of \\+-10000 degrees"),
         ("    limits (-10.0 170.0)\n", "    limits (-10.0 170.0) (1 2)\n", "2 limits for 1 dof"),
     ],
 )
@@ -313,12 +360,12 @@ def test_truncated_asf(tmp_path: Path) -> None:
 def test_empty_folder_and_missing_skeleton(tmp_path: Path, synthetic) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(MocapFormatError, match="no AMC files"):
-        prepare(MocapParams(source=str(tmp_path / "empty")), tmp_path / "m.zarr", progress=False)
+        prepare(stage_params(MocapParams, "prepare_mocap", segment_frames=0, embedded_dir="data/raw/mocap_embedded", source=str(tmp_path / "empty")), tmp_path / "m.zarr", progress=False)
     (tmp_path / "noskel").mkdir()
     text, _ = write_amc(synthetic[1], 3, np.random.default_rng(0))
     (tmp_path / "noskel" / "42_01.amc").write_text(text)
     with pytest.raises(MocapFormatError, match="no skeleton 42.asf"):
-        prepare(MocapParams(source=str(tmp_path / "noskel")), tmp_path / "m.zarr", progress=False)
+        prepare(stage_params(MocapParams, "prepare_mocap", segment_frames=0, embedded_dir="data/raw/mocap_embedded", source=str(tmp_path / "noskel")), tmp_path / "m.zarr", progress=False)
     assert not (tmp_path / "m.zarr").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".m.zarr")]
 
@@ -463,7 +510,7 @@ def _folder(tmp_path: Path, sk_text: str = SYNTHETIC_ASF, trials: int = 5, frame
 
 def test_prepare_splits_by_trial_and_inverts(tmp_path: Path) -> None:
     raw = _folder(tmp_path)
-    params = MocapParams(source=str(raw), frame_step=4, test_fraction=0.4, seed=3)
+    params = stage_params(MocapParams, "prepare_mocap", segment_frames=0, embedded_dir="data/raw/mocap_embedded", source=str(raw), frame_step=4, test_fraction=0.4, seed=3)
     prepare(params, tmp_path / "mocap.zarr", progress=False)
     ds = open_dataset(tmp_path / "mocap.zarr")
     a = ds.attrs
@@ -495,8 +542,8 @@ def test_prepare_splits_by_trial_and_inverts(tmp_path: Path) -> None:
 def test_prepare_segments_and_sincos(tmp_path: Path) -> None:
     raw = _folder(tmp_path, trials=1, frames=120)
     with pytest.raises(MocapFormatError, match="need at least 2"):
-        prepare(MocapParams(source=str(raw)), tmp_path / "m.zarr", progress=False)
-    params = MocapParams(source=str(raw), segment_frames=5, angle_encoding="sincos", keep_root_orientation=False, frame_step=2)
+        prepare(stage_params(MocapParams, "prepare_mocap", segment_frames=0, embedded_dir="data/raw/mocap_embedded", source=str(raw)), tmp_path / "m.zarr", progress=False)
+    params = stage_params(MocapParams, "prepare_mocap", embedded_dir="data/raw/mocap_embedded", source=str(raw), segment_frames=5, angle_encoding="sincos", keep_root_orientation=False, frame_step=2)
     prepare(params, tmp_path / "m.zarr", progress=False)
     ds = open_dataset(tmp_path / "m.zarr")
     assert ds.x_shape == (18,)  # 9 bone rotations as sin/cos pairs
@@ -511,7 +558,7 @@ def test_index_frame_count_mismatch_is_reported(tmp_path: Path) -> None:
     index = (raw / "INDEX.tsv").read_text().replace("\t40\t", "\t41\t", 1)
     (raw / "INDEX.tsv").write_text(index)
     with pytest.raises(MocapFormatError, match="40 frames, the index lists 41"):
-        load_trials(MocapParams(source=str(raw)))
+        load_trials(stage_params(MocapParams, "prepare_mocap", segment_frames=0, embedded_dir="data/raw/mocap_embedded", source=str(raw)))
 
 
 # --------------------------------------------------------------------------- real data
@@ -522,7 +569,7 @@ def test_all_shared_cmu_trials_parse(shared_data: Path, tmp_path: Path) -> None:
     cmu = shared_data / "cmu"
     if not cmu.is_dir():
         pytest.skip("shared data has no cmu/ folder")
-    params = MocapParams(source=str(cmu), fallback_asf="01/01.asf")
+    params = stage_params(MocapParams, "prepare_mocap", segment_frames=0, embedded_dir="data/raw/mocap_embedded", source=str(cmu), fallback_asf="01/01.asf")
     _, trials, _ = load_trials(params)
     assert len(trials) == 140
     assert sum(len(t.motion_data.values) for t in trials) == 65_523
@@ -530,6 +577,14 @@ def test_all_shared_cmu_trials_parse(shared_data: Path, tmp_path: Path) -> None:
     motions = {t.motion for t in trials}
     assert {"walk", "run", "jump", "golf swing", "soccer - kick ball", "unlabelled"} <= motions
     assert all(t.motion_data.values.shape[1] == 62 for t in trials)
+    # The plausibility bounds sit far above the real data (angles are unwrapped over
+    # several turns in a few trials, hence more than 1000 degrees).
+    from preprocessing.acclaim import MAX_ABS_ANGLE_DEG, MAX_ABS_POSITION
+
+    values = np.concatenate([np.abs(t.motion_data.in_degrees()) for t in trials])
+    translation = np.array([n.rsplit(".", 1)[1].startswith("t") for n in trials[0].motion_data.dof_names])
+    assert 1000 < values[:, ~translation].max() < MAX_ABS_ANGLE_DEG / 8
+    assert 10 < values[:, translation].max() < MAX_ABS_POSITION / 1000
     # A parsed frame equals the numbers in the file (first frame of a CRLF file).
     t = next(t for t in trials if b"\r\n" in t.path.read_bytes()[:200])
     text = t.path.read_text().splitlines()

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from pipelines.figures import new_figure, save_figure
-from pipelines.report import FIGURES, ReportParams, build_report, read_curves
+from pipelines.params import ReportParams
+from pipelines.report import FIGURES, build_report, read_curves
+from conftest import stage_params
 
 CURVE_HEADER = ["step", "epoch", "total", "reconstruction", "nll", "regulariser", "lambda", "c_hat", "constraint",
                 "elbo"]
@@ -54,7 +56,7 @@ def tree(tmp_path: Path) -> tuple[Path, Path]:
 
 def test_report_has_every_metric_in_one_table_and_the_figures(tree: tuple[Path, Path], tmp_path: Path) -> None:
     eval_root, models_root = tree
-    index = build_report(eval_root, models_root, tmp_path / "report", ReportParams(curve_smoothing=3))
+    index = build_report(eval_root, models_root, tmp_path / "report", stage_params(ReportParams, "report", curve_smoothing=3))
     assert index == tmp_path / "report" / "index.html"
     page = index.read_text()
     assert page.count('<table class="metrics">') == 1
@@ -82,16 +84,16 @@ def test_report_has_every_metric_in_one_table_and_the_figures(tree: tuple[Path, 
 def test_rebuild_replaces_the_old_report(tree: tuple[Path, Path], tmp_path: Path) -> None:
     eval_root, models_root = tree
     out = tmp_path / "report"
-    build_report(eval_root, models_root, out, ReportParams())
+    build_report(eval_root, models_root, out, stage_params(ReportParams, "report"))
     (out / "stale.png").write_bytes(b"old")
-    build_report(eval_root, models_root, out, ReportParams(title="second"))
+    build_report(eval_root, models_root, out, stage_params(ReportParams, "report", title="second"))
     assert not (out / "stale.png").exists()
     assert "second" in (out / "index.html").read_text()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".report")] == []
 
 
 def test_empty_tree_gives_a_page_that_says_so(tmp_path: Path) -> None:
-    index = build_report(tmp_path / "eval", tmp_path / "models", tmp_path / "report", ReportParams())
+    index = build_report(tmp_path / "eval", tmp_path / "models", tmp_path / "report", stage_params(ReportParams, "report"))
     assert "No evaluated models" in index.read_text()
 
 
@@ -104,8 +106,8 @@ def test_read_curves_thins_and_keeps_the_last_row(tmp_path: Path) -> None:
 
 def test_report_params_refuse_bad_values() -> None:
     with pytest.raises(ValueError, match="curve_smoothing"):
-        ReportParams(curve_smoothing=0)
-    assert ReportParams(compare=["vhp", "vae"]).compare == ("vhp", "vae")
+        stage_params(ReportParams, "report", curve_smoothing=0)
+    assert stage_params(ReportParams, "report", compare=["vhp", "vae"]).compare == ("vhp", "vae")
 
 
 # --------------------------------------------------------------------------------------
@@ -163,13 +165,14 @@ def _checkpoint(model_dir: Path, model_name: str, x_shape: tuple[int, ...]) -> N
 
 
 def _evaluate_tree(tmp_path: Path, data: Path, models: tuple[str, ...], x_shape: tuple[int, ...]) -> Path:
-    from pipelines.evaluate import EvaluateParams, evaluate_model
+    from pipelines.evaluate import evaluate_model
+    from pipelines.params import EvaluateParams
 
     name = data.stem
     for model in models:
         model_dir = tmp_path / "models" / name / model
         _checkpoint(model_dir, model, x_shape)
-        metrics = evaluate_model(model_dir, data, tmp_path / "eval" / name / model, EvaluateParams(**TINY),
+        metrics = evaluate_model(model_dir, data, tmp_path / "eval" / name / model, stage_params(EvaluateParams, "evaluate", **TINY),
                                  progress=False)
         written = json.loads((tmp_path / "eval" / name / model / "metrics.json").read_text())
         assert written["test_log_likelihood"] == pytest.approx(metrics["test_log_likelihood"])
@@ -192,7 +195,7 @@ def test_evaluate_then_report_on_a_tiny_image_group(tmp_path: Path) -> None:
     assert "trajectory_smoothness" not in metrics
     pairs = json.loads((tmp_path / "eval" / "faces" / "vhp" / "interpolation.json").read_text())["pairs"]
     assert len(pairs) == 2 and all(p["line_length"] >= 0 for p in pairs)
-    index = build_report(tmp_path / "eval", tmp_path / "models", tmp_path / "report", ReportParams())
+    index = build_report(tmp_path / "eval", tmp_path / "models", tmp_path / "report", stage_params(ReportParams, "report"))
     page = index.read_text()
     assert "r2_azimuth" in page and "vhp vs iwae" in page
     assert (index.parent / "figures" / "faces" / "vhp" / "latent_map.png").is_file()
@@ -203,7 +206,7 @@ def test_evaluate_mocap_draws_stick_figures_and_measures_motion(tmp_path: Path, 
     from preprocessing.store import open_dataset
 
     data = tmp_path / "mocap.zarr"
-    prepare(MocapParams(source=str(shared_data / "cmu"), subjects=("35",), frame_step=16), data, progress=False)
+    prepare(stage_params(MocapParams, "prepare_mocap", segment_frames=0, embedded_dir="data/raw/mocap_embedded", source=str(shared_data / "cmu"), subjects=("35",), frame_step=16), data, progress=False)
     _evaluate_tree(tmp_path, data, ("vhp",), open_dataset(data).x_shape)
     metrics = json.loads((tmp_path / "eval" / "mocap" / "vhp" / "metrics.json").read_text())
     assert 0.0 <= metrics["knn_accuracy"] <= 1.0 and metrics["knn_label"] == "motion"

@@ -1,13 +1,16 @@
-"""The retrain flow promotes only a better model and records every decision.
+"""The retrain flow asks DVC what changed, reruns it, and promotes only a better model.
 
-The pipeline command is a small script that writes a controlled metric, so the
-flow's gate is tested against known better and worse challengers; the flow
-itself runs under Prefect (``prefect_test_harness``).
+The project under test is a real git + DVC repository in a temporary folder whose one
+stage writes a controlled metric (read from its params), so `dvc status` and
+`dvc repro` run for real and the flow's gate meets known better, worse, failed and
+metric-less challengers. The flow itself runs under Prefect's test harness.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -15,59 +18,73 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines.retrain import hash_raw_data, is_better, load_params, read_metric, read_registry
+from pipelines.params import RetrainParams
+from pipelines.retrain import decide, pipeline_changes, read_metric, read_registry
 
-FAKE_PIPELINE = textwrap.dedent(
+STAGE = textwrap.dedent(
     """
-    import json, pathlib, sys
+    import json, pathlib, sys, yaml
     root = pathlib.Path.cwd()
-    value = (root / "next_metric.txt").read_text().strip()
+    value = yaml.safe_load((root / "params.yaml").read_text())["fake"]["metric"]
+    raw = (root / "raw" / "trial.amc").read_text()
     if value == "fail":
         print("stage train failed: simulated", file=sys.stderr)
         sys.exit(1)
     for kind in ("models", "eval"):
         (root / kind / "mocap" / "vhp").mkdir(parents=True, exist_ok=True)
-    (root / "models/mocap/vhp/model.pt").write_text("weights for " + value)
-    (root / "eval/mocap/vhp/metrics.json").write_text(json.dumps({"test_log_likelihood": float(value)}))
+    (root / "models/mocap/vhp/model.pt").write_text(f"weights for {value} on {raw}")
+    metrics = {} if value == "none" else {"test_log_likelihood": float(value)}
+    (root / "eval/mocap/vhp/metrics.json").write_text(json.dumps(metrics))
     """
 )
 
+RETRAIN = {"dataset": "mocap", "model": "vhp", "metric": "test_log_likelihood", "higher_is_better": True,
+           "min_improvement": 0.5, "command": ["dvc", "repro"], "registry": "registry", "timeout_seconds": 300}
+
+
+def params(**overrides) -> RetrainParams:
+    return RetrainParams(**{**RETRAIN, **overrides})
+
+
+def git(root: Path, *args: str) -> None:
+    subprocess.run(["git", *args], cwd=root, check=True, capture_output=True)
+
 
 def make_project(root: Path) -> Path:
-    (root / "raw").mkdir(parents=True)
+    root.mkdir(parents=True)
+    (root / "raw").mkdir()
     (root / "raw" / "trial.amc").write_text("1\nroot 0 0 0\n")
-    (root / "pipeline.py").write_text(FAKE_PIPELINE)
-    params = {
-        "prepare_mocap": {"source": "raw"},
-        "retrain": {
-            "dataset": "mocap",
-            "model": "vhp",
-            "metric": "test_log_likelihood",
-            "higher_is_better": True,
-            "min_improvement": 0.5,
-            "command": [sys.executable, "pipeline.py"],
-            "raw_paths": [],
-            "registry": "registry",
-            "timeout_seconds": 120,
-        },
-    }
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    (root / "stage.py").write_text(STAGE)
+    (root / "params.yaml").write_text(yaml.safe_dump({"fake": {"metric": "-100.0"}, "retrain": RETRAIN}))
+    (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"train": {
+        "cmd": f"{sys.executable} stage.py", "deps": ["stage.py", "raw"], "params": ["fake"],
+        "outs": ["models/mocap/vhp", "eval/mocap/vhp"]}}}))
+    (root / ".gitignore").write_text("/registry/\n")
+    git(root, "init", "-q")
+    git(root, "config", "user.email", "t@example.org")
+    git(root, "config", "user.name", "t")
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=root, check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "config", "core.analytics", "false"], cwd=root, check=True)
+    git(root, "add", "-A")
+    git(root, "commit", "-qm", "project")
     return root
 
 
-def test_gate_rules():
-    params = load_params_from({"min_improvement": 1.0})
-    assert is_better(-90.0, None, params)
-    assert is_better(-90.0, -92.0, params)
-    assert not is_better(-91.5, -92.0, params)  # better, but not by the margin
-    lower = load_params_from({"higher_is_better": False, "min_improvement": 0.0})
-    assert is_better(1.0, 2.0, lower) and not is_better(2.0, 1.0, lower)
+def set_metric(root: Path, value: str) -> None:
+    raw = yaml.safe_load((root / "params.yaml").read_text())
+    raw["fake"]["metric"] = value
+    (root / "params.yaml").write_text(yaml.safe_dump(raw))
 
 
-def load_params_from(overrides: dict):
-    from pipelines.retrain import RetrainParams
-
-    return RetrainParams(**overrides)
+def test_decide_is_the_champion_challenger_rule():
+    p = params(min_improvement=1.0)
+    assert decide(-90.0, None, p)[0] == "promoted"
+    assert decide(-90.0, -92.0, p)[0] == "promoted"
+    assert decide(-91.5, -92.0, p)[0] == "kept-champion"  # better, but not by the margin
+    assert decide(None, -92.0, p)[0] == "rejected"
+    assert decide(None, None, p)[0] == "rejected"  # no metric never becomes a champion
+    lower = params(higher_is_better=False, min_improvement=0.0)
+    assert decide(1.0, 2.0, lower)[0] == "promoted" and decide(2.0, 1.0, lower)[0] == "kept-champion"
 
 
 def test_read_metric_refuses_missing_and_non_finite(tmp_path):
@@ -80,75 +97,59 @@ def test_read_metric_refuses_missing_and_non_finite(tmp_path):
     assert read_metric(tmp_path / "absent.json", "a") is None
 
 
-def test_raw_data_hash_changes_with_content(tmp_path):
-    root = make_project(tmp_path / "p")
-    params = load_params(root)
-    before = hash_raw_data(root, params)
-    assert "raw" in before
-    (root / "raw" / "trial.amc").write_text("1\nroot 0 0 1\n")
-    assert hash_raw_data(root, params)["raw"] != before["raw"]
-
-
-@pytest.fixture(scope="module")
-def harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
-def test_promotes_only_better_models(tmp_path, harness):
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is needed for a DVC project")
+def test_promotes_only_better_models_asking_dvc_what_changed(tmp_path, harness, monkeypatch):
     from pipelines.retrain import run_retrain_once
 
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}:{__import__('os').environ['PATH']}")
     root = make_project(tmp_path / "p")
     production = root / "registry" / "production" / "models" / "model.pt"
+    assert pipeline_changes(root)  # nothing has run yet: DVC says the stage is new
 
-    def run(metric: str, force: bool = False) -> dict:
-        (root / "next_metric.txt").write_text(metric)
-        return run_retrain_once(root, force=force)
-
-    def touch_raw(text: str) -> None:
-        (root / "raw" / "trial.amc").write_text(text)
-
-    first = run("-100.0")
+    first = run_retrain_once(root)
     assert first["decision"] == "promoted"
-    assert production.read_text() == "weights for -100.0"
+    assert production.read_text().startswith("weights for -100.0")
+    assert pipeline_changes(root) == {}
 
-    # unchanged raw data: nothing reruns
-    assert run("-50.0")["decision"] == "unchanged"
-    assert production.read_text() == "weights for -100.0"
+    # nothing changed (DVC says so): nothing reruns
+    set_metric(root, "-100.0")
+    assert run_retrain_once(root)["decision"] == "unchanged"
 
-    # new data, worse challenger: the champion stays
-    touch_raw("2\n")
-    worse = run("-101.0")
-    assert worse["decision"] == "kept-champion"
-    assert production.read_text() == "weights for -100.0"
+    # a params change, worse challenger: the champion stays
+    set_metric(root, "-101.0")
+    worse = run_retrain_once(root)
+    assert worse["decision"] == "kept-champion" and worse["changed_stages"] == ["train"]
+    assert production.read_text().startswith("weights for -100.0")
+
+    # new raw data, but the challenger has no metric at all: rejected, champion untouched
+    (root / "raw" / "trial.amc").write_text("2\n")
+    set_metric(root, "none")
+    rejected = run_retrain_once(root)
+    assert rejected["decision"] == "rejected" and "no finite test_log_likelihood" in rejected["reason"]
+    assert production.read_text().startswith("weights for -100.0")
 
     # better, but by less than min_improvement (0.5): kept
-    touch_raw("3\n")
-    assert run("-99.8")["decision"] == "kept-champion"
+    set_metric(root, "-99.8")
+    assert run_retrain_once(root)["decision"] == "kept-champion"
 
     # the pipeline fails: recorded, champion untouched
-    touch_raw("4\n")
-    failed = run("fail")
-    assert failed["decision"] == "failed"
-    assert "simulated" in failed["reason"]
-    assert production.read_text() == "weights for -100.0"
+    set_metric(root, "fail")
+    failed = run_retrain_once(root)
+    assert failed["decision"] == "failed" and "simulated" in failed["reason"]
+    assert production.read_text().startswith("weights for -100.0")
 
     # better by the margin: promoted
-    touch_raw("5\n")
-    better = run("-98.0")
+    set_metric(root, "-98.0")
+    better = run_retrain_once(root)
     assert better["decision"] == "promoted"
-    assert production.read_text() == "weights for -98.0"
+    assert production.read_text().startswith("weights for -98.0")
 
     registry = read_registry(root)
     assert [d["decision"] for d in registry["decisions"]] == [
-        "promoted", "unchanged", "kept-champion", "kept-champion", "failed", "promoted",
+        "promoted", "unchanged", "kept-champion", "rejected", "kept-champion", "failed", "promoted",
     ]
     assert registry["champion"]["value"] == -98.0
-    for decision in registry["decisions"]:
-        assert decision["data_hashes"]["raw"]
-        assert "revision" in decision
+    assert all("revision" in d for d in registry["decisions"])
 
 
 def test_a_held_lock_makes_a_duplicate_run_harmless(tmp_path, harness):
@@ -156,8 +157,9 @@ def test_a_held_lock_makes_a_duplicate_run_harmless(tmp_path, harness):
 
     from pipelines.retrain import run_retrain_once
 
-    root = make_project(tmp_path / "p")
-    (root / "next_metric.txt").write_text("-10.0")
+    root = tmp_path / "p"
+    root.mkdir()
+    (root / "params.yaml").write_text(yaml.safe_dump({"retrain": RETRAIN}))
     (root / "registry").mkdir()
     with FileLock(str(root / "registry" / ".retrain.lock")):
         decision = run_retrain_once(root)

@@ -9,32 +9,32 @@ import math
 
 import pytest
 
-from pipelines.evaluate import EvaluateParams
-from pipelines.params import ParamsError, from_dict, read_yaml
-from pipelines.sweep import (
-    GridPoint,
-    SweepParams,
-    aggregate,
-    grid,
-    read_finished,
-    results_markdown,
-    run_sweep,
-    write_results,
-)
-from pipelines.train import BaseParams
+from conftest import stage_params
+from pipelines.errors import SweepError
+from pipelines.params import BaseParams, EvaluateParams, ParamsError, SweepParams, from_dict, read_yaml
+from pipelines.sweep import GridPoint, grid, run_sweep
+from pipelines.sweep_results import aggregate, results_markdown, write_results
 from test_train_flow import ROOT, synthetic_group, tiny_params
 
-TINY_EVALUATE = EvaluateParams(
+TINY_EVALUATE = stage_params(
+    EvaluateParams, "evaluate",
     batch_size=64, ll_samples=8, ll_inner_samples=4, ll_points=16, max_train_points=96, grid_size=6,
     mf_chunk=64, mf_points=16, knn_k=3, graph_nodes=24, graph_k=4, interp_pairs=2, line_steps=8,
     segment_steps=2, n_frames=3, n_reconstructions=3, n_samples=4, max_plot_points=64,
 )
+BASE = BaseParams(seed=0, threads=1, device="cpu")
+
+
+def sweep_params(**kw) -> SweepParams:
+    return stage_params(SweepParams, "sweep", **kw)
 
 
 def test_params_are_strict_and_checked():
-    good = {"datasets": ["mocap"], "kappa": [0.2, 0.3], "models": ["vhp"], "seeds": [0, 1]}
+    good = {**read_yaml(ROOT / "params.yaml")["sweep"], "datasets": ["mocap"], "kappa": [0.2, 0.3],
+            "models": ["vhp"], "seeds": [0, 1], "task_runner": "local"}
     sweep = from_dict(SweepParams, good, "params.yaml", "sweep")
     assert sweep.kappa == (0.2, 0.3) and sweep.task_runner == "local"
+    assert from_dict(SweepParams, {**good, "kappa": ["auto", 0.3]}, "params.yaml", "sweep").kappa == ("auto", 0.3)
     with pytest.raises(ParamsError, match="sweep.worker"):
         from_dict(SweepParams, {**good, "worker": 3}, "params.yaml", "sweep")
     with pytest.raises(ParamsError, match="task_runner"):
@@ -45,14 +45,8 @@ def test_params_are_strict_and_checked():
         from_dict(SweepParams, {k: v for k, v in good.items() if k != "seeds"}, "params.yaml", "sweep")
 
 
-def test_real_params_file_has_a_valid_sweep_section_if_any():
-    raw = read_yaml(ROOT / "params.yaml")
-    if "sweep" in raw:
-        from_dict(SweepParams, raw["sweep"], ROOT / "params.yaml", "sweep")
-
-
 def test_grid_is_the_full_product_with_one_folder_a_point():
-    sweep = SweepParams(datasets=("a", "b"), kappa=(0.1, 0.2, 0.3), models=("vhp", "iwae"), seeds=(0, 1))
+    sweep = sweep_params(datasets=("a", "b"), kappa=(0.1, 0.2, 0.3), models=("vhp", "iwae"), seeds=(0, 1))
     points = grid(sweep)
     assert len(points) == 2 * 3 * 2 * 2
     assert len({p.folder for p in points}) == len(points)
@@ -78,48 +72,37 @@ def test_table_aggregates_mean_and_sd_over_seeds(tmp_path):
         assert len(list(csv.DictReader(f))) == len(rows)
 
 
-@pytest.fixture(scope="module")
-def harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
-def test_dask_sweep_writes_table_and_figure_and_a_rerun_skips_finished_points(tmp_path, harness):
+@pytest.mark.slow
+def test_dask_sweep_writes_table_and_figure_and_a_rerun_comes_from_prefects_cache(tmp_path, harness):
     pytest.importorskip("prefect_dask")
     data = {"toy": synthetic_group(tmp_path / "toy.zarr", n_train=64, n_test=32)}
     train = tiny_params(epochs=1, batch_size=32)
-    sweep = SweepParams(datasets=("toy",), kappa=(0.2, 0.5), models=("vhp", "vae"), seeds=(0, 1),
-                        task_runner="dask", n_workers=2, out=str(tmp_path / "sweep"), epochs=1)
-    base = BaseParams(seed=0, threads=1)
-    rows = run_sweep(sweep, train, TINY_EVALUATE, base, data)
+    sweep = sweep_params(datasets=("toy",), kappa=(0.2, "auto"), models=("vhp", "vae"), seeds=(0, 1),
+                         task_runner="dask", n_workers=2, out=str(tmp_path / "sweep"), epochs=1)
+    rows = run_sweep(sweep, train, TINY_EVALUATE, BASE, data)
 
     out = tmp_path / "sweep"
-    assert len(rows) == 8 and all(r["status"] == "trained" for r in rows)
+    assert len(rows) == 8
     assert {(r["model"], r["kappa"], r["seed"]) for r in rows} == {
-        (m, k, s) for m in ("vhp", "vae") for k in (0.2, 0.5) for s in (0, 1)}
+        (m, k, s) for m in ("vhp", "vae") for k in (0.2, "auto") for s in (0, 1)}
     for name in ("results.csv", "results.md", "results.png"):
         assert (out / name).stat().st_size > 0
     assert all(math.isfinite(r["test_log_likelihood"]) and 0 <= r["knn_accuracy"] <= 1 for r in rows)
     point = out / "toy" / "vhp" / "kappa=0.2" / "seed=1"
-    assert {"model", "eval", "point.json"} <= {p.name for p in point.iterdir()}
+    assert {"model", "eval"} <= {p.name for p in point.iterdir()}
     assert not (point / "checkpoint.pt").exists()
 
-    # Rerun on the local runner: every point is finished, except the one whose record was removed,
-    # and that one comes out as it did on the Dask worker (each point seeds itself).
-    removed = json.loads((point / "point.json").read_text())
-    (point / "point.json").unlink()
-    again = run_sweep(dataclasses.replace(sweep, task_runner="local"), train, TINY_EVALUATE, base, data)
-    trained = [r for r in again if r["status"] == "trained"]
-    assert len(trained) == 1 and sum(r["status"] == "skipped" for r in again) == 7
-    redo = {k: v for k, v in trained[0].items() if k not in ("seconds", "status")}
-    assert redo == {k: v for k, v in removed["row"].items() if k != "seconds"}
+    # Rerun on the local runner: every row comes from Prefect's cache (the point folders are not
+    # touched: their files keep their modification times) and equals the Dask worker's row.
+    stamp = (point / "model" / "model.pt").stat().st_mtime_ns
+    again = run_sweep(dataclasses.replace(sweep, task_runner="local"), train, TINY_EVALUATE, BASE, data)
+    assert again == rows
+    assert (point / "model" / "model.pt").stat().st_mtime_ns == stamp
 
-    # A point whose recorded config differs (other epochs) is not finished.
-    config = json.loads((point / "point.json").read_text())["config"]
-    assert read_finished(point, config) is not None
-    assert read_finished(point, {**config, "train": {**config["train"], "epochs": 2}}) is None
+    # Changed inputs (other epochs) are a cache miss: the points train again.
+    more = run_sweep(dataclasses.replace(sweep, task_runner="local", epochs=2, models=("vae",), seeds=(0,),
+                                         kappa=(0.2,)), train, TINY_EVALUATE, BASE, data)
+    assert more[0]["steps"] == 2 * 2 and (point.parents[2] / "vae" / "kappa=0.2" / "seed=0").is_dir()
 
 
 def test_grid_point_folder_names_kappa_compactly():
@@ -129,7 +112,7 @@ def test_grid_point_folder_names_kappa_compactly():
 def test_a_failed_point_does_not_hide_the_others(tmp_path, harness, monkeypatch):
     import pipelines.sweep as sweep_module
 
-    def fake_run_point(point, data_path, point_dir, train, evaluate, device, threads, config):
+    def fake_run_point(point, data_path, point_dir, train, evaluate, device, threads, progress=False):
         if point.seed == 1:
             raise RuntimeError("diverged")
         return {"dataset": point.dataset, "model": point.model, "kappa": point.kappa, "seed": point.seed,
@@ -137,8 +120,9 @@ def test_a_failed_point_does_not_hide_the_others(tmp_path, harness, monkeypatch)
 
     monkeypatch.setattr(sweep_module, "run_point", fake_run_point)
     data = {"toy": synthetic_group(tmp_path / "toy.zarr", n_train=32, n_test=16)}
-    sweep = SweepParams(datasets=("toy",), kappa=(0.2,), models=("vhp",), seeds=(0, 1), out=str(tmp_path / "s"))
-    with pytest.raises(sweep_module.SweepError, match="1 of 2 points failed"):
-        run_sweep(sweep, tiny_params(), TINY_EVALUATE, BaseParams(threads=1), data)
+    sweep = sweep_params(datasets=("toy",), kappa=(0.2,), models=("vhp",), seeds=(0, 1), out=str(tmp_path / "s"),
+                         task_runner="local")
+    with pytest.raises(SweepError, match="1 of 2 points failed"):
+        run_sweep(sweep, tiny_params(), TINY_EVALUATE, BASE, data)
     with open(tmp_path / "s" / "results.csv") as f:
         assert [row["seed"] for row in csv.DictReader(f)] == ["0"]

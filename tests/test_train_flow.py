@@ -11,20 +11,12 @@ import pytest
 import torch
 
 from pipelines.checkpoint import CheckpointError, load_model, load_payload
-from pipelines.params import read_yaml, section
-from pipelines.train import (
-    BaseParams,
-    RunLockedError,
-    TrainParams,
-    constraint_config,
-    fit,
-    hold_run_lock,
-    learning_rate,
-    load_training_data,
-    model_config,
-    run_training,
-    set_determinism,
-)
+from pipelines.data import load_training_data
+from pipelines.errors import RunLockedError
+from pipelines.fit import fit, learning_rate
+from pipelines.params import BaseParams, TrainParams, read_yaml, section
+from pipelines.runtime import run_lock, set_determinism
+from pipelines.train import constraint_config, model_config, run_training
 from preprocessing.store import identity_normalisation, open_dataset, write_dataset
 from vhp_core import build_model
 
@@ -68,7 +60,8 @@ def tiny_params(**overrides) -> TrainParams:
     params = section(TrainParams, raw, "train")
     model = dataclasses.replace(params.model, hidden=(16,), prior_hidden=(16,), k_inner=4, k_iw=3, n_pseudo=5)
     defaults = dict(datasets=("toy",), models=("vhp",), epochs=3, batch_size=16, kappa={"toy": 0.2},
-                    checkpoint_every=4, log_every=2, model=model)
+                    gaussian_std={"toy": 1.0}, network={"toy": "mlp"}, checkpoint_every=4, log_every=2,
+                    model=model)
     defaults.update(overrides)
     return dataclasses.replace(params, **defaults)
 
@@ -77,7 +70,7 @@ def make_run(tmp_path: Path, params: TrainParams, model_name: str = "vhp"):
     dataset = open_dataset(synthetic_group(tmp_path / "toy.zarr"))
     data = load_training_data(dataset, params)
     config = model_config(params, "toy", model_name, dataset.x_shape, dataset.likelihood)
-    ccfg = constraint_config(params, "toy")
+    ccfg = constraint_config(params, "toy", data.n)
     return data, config, ccfg
 
 
@@ -133,34 +126,30 @@ def test_checkpoint_of_other_config_is_not_resumed(tmp_path, capsys):
 
 
 def test_prior_stays_frozen_until_the_constraint_is_met(tmp_path):
-    # kappa so small that the constraint is never met: Theta, Phi must not move
+    # kappa so small that the constraint is never met: Theta, Phi and lambda must not move
     params = tiny_params(kappa={"toy": 1e-4}, epochs=1)
     data, config, ccfg = make_run(tmp_path, params)
     model = fresh_model(config)
     before = [p.detach().clone() for p in model.prior_parameters()]
     result = fit(model, config, ccfg, data, params, 0, tmp_path / "ck.pt", progress=False)
     assert not result.state.prior_active
-    assert result.state.lambda_ > 1.0
+    assert result.state.lambda_ == params.constraint.lambda_init
     for a, b in zip(before, model.prior_parameters()):
         assert torch.equal(a, b)
 
 
-def test_second_run_on_the_same_folder_is_refused(tmp_path):
-    lock = hold_run_lock(tmp_path / "ck")
-    try:
-        with pytest.raises(RunLockedError, match="another training run"):
-            hold_run_lock(tmp_path / "ck")
-    finally:
-        lock.release()
-    hold_run_lock(tmp_path / "ck").release()  # free again once released
-
-
-@pytest.fixture(scope="module")
-def harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
+def test_kappa_auto_activates_the_prior_and_is_kept_on_resume(tmp_path):
+    params = tiny_params(kappa={"toy": "auto"}, epochs=6)
+    data, config, ccfg = make_run(tmp_path, params)
+    assert ccfg.kappa is None and ccfg.auto_max_steps == int(0.2 * 6 * 6)
+    reference = fit(fresh_model(config), config, ccfg, data, params, 0, tmp_path / "ref.pt", progress=False)
+    assert reference.state.prior_active and reference.state.kappa_sq is not None
+    assert reference.state.kappa_step <= ccfg.auto_max_steps
+    ck = tmp_path / "ck.pt"
+    fit(fresh_model(config), config, ccfg, data, params, 0, ck, progress=False, stop_after_steps=10)
+    assert load_payload(ck)["constraint_state"]["kappa_sq"] == reference.state.kappa_sq
+    resumed = fit(fresh_model(config, seed=9), config, ccfg, data, params, 0, ck, progress=False)
+    assert resumed.state == reference.state
 
 
 def test_flow_writes_model_metrics_and_curves(tmp_path, harness):
@@ -168,12 +157,13 @@ def test_flow_writes_model_metrics_and_curves(tmp_path, harness):
     data_path = synthetic_group(tmp_path / "toy.zarr")
     out = tmp_path / "models" / "toy" / "vhp"
     ck = tmp_path / "checkpoints" / "toy" / "vhp"
-    metrics = run_training("toy", "vhp", data_path, out, ck, params, BaseParams(seed=3, threads=1),
+    metrics = run_training("toy", "vhp", data_path, out, ck, params, BaseParams(seed=3, threads=1, device="cpu"),
                            progress=False)
     assert {p.name for p in out.iterdir()} >= {"model.pt", "metrics.json", "curves.tsv", "curves.png", "timing.json"}
     on_disk = json.loads((out / "metrics.json").read_text())
     assert on_disk == json.loads(json.dumps(metrics))
-    assert on_disk["steps"] == 2 * 6 and on_disk["final_lambda"] >= 1.0
+    assert on_disk["steps"] == 2 * 6 and on_disk["final_lambda"] > 0
+    assert "seconds" not in on_disk and "seconds" in json.loads((out / "timing.json").read_text())
     header = (out / "curves.tsv").read_text().splitlines()[0].split("\t")
     assert header[:3] == ["step", "epoch", "lr"] and "lambda" in header and "c_hat" in header
     model, payload = load_model(out / "model.pt")
@@ -189,7 +179,7 @@ def test_same_seed_gives_identical_metrics(tmp_path, harness):
     runs = []
     for name in ("a", "b"):
         run_training("toy", "vhp", data_path, tmp_path / name, tmp_path / f"ck-{name}", params,
-                     BaseParams(seed=5, threads=1), progress=False)
+                     BaseParams(seed=5, threads=1, device="cpu"), progress=False)
         runs.append((tmp_path / name / "metrics.json").read_bytes())
     assert runs[0] == runs[1]
 
@@ -235,7 +225,7 @@ def test_training_on_streamed_data(tmp_path):
     dataset = open_dataset(synthetic_group(tmp_path / "toy.zarr"))
     data = load_training_data(dataset, params)
     config = model_config(params, "toy", "vhp", dataset.x_shape, dataset.likelihood)
-    result = fit(fresh_model(config), config, constraint_config(params, "toy"), data, params, 0,
+    result = fit(fresh_model(config), config, constraint_config(params, "toy", data.n), data, params, 0,
                  tmp_path / "ck.pt", progress=False)
     assert data.streamed and result.step == 2 * 6
     assert all(torch.isfinite(p).all() for p in result.model.parameters())

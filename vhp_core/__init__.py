@@ -5,23 +5,37 @@ Hierarchical Priors in VAEs", NeurIPS 2019; the specification is docs/METHOD.md.
 """
 
 from .bounds import importance_weighted_bound
-from .config import ConstraintConfig, ModelConfig
+from .config import HIERARCHICAL_MODELS, MODEL_NAMES, REWO_VARIANTS, ConstraintConfig, ModelConfig
 from .constraint import (
     ConstraintState,
+    auto_kappa,
     constraint_rule,
+    earlier_rewo_update,
     fixed_update,
     geco_update,
     moving_average,
+    objective_mode,
     rewo_update,
     update_constraint,
 )
 from .estimators import log_likelihood
 from .gaussian import gaussian_kl, log_normal_diag, log_standard_normal
 from .likelihoods import Bernoulli, Gaussian, build_likelihood
-from .models import IWAE, VAE, VHPVAE, LatentVariableModel, LossTerms, ObjectiveParts, VampVAE, build_model
+from .models import (
+    IWAE,
+    STATISTICS,
+    VAE,
+    VHPIWVAE,
+    VHPVAE,
+    LatentVariableModel,
+    LossTerms,
+    ObjectiveParts,
+    VampVAE,
+    build_model,
+)
 from .networks import network_autocast
 from .priors import GaussianConditional, HierarchicalPrior, StandardNormalPrior, VampPrior
-from .training import train_step
+from .training import grads_finite, train_step
 
 from .geometry import (
     decoder_jacobian,
@@ -32,39 +46,48 @@ from .geometry import (
 )
 
 __all__ = [
-    "IWAE",
-    "VAE",
-    "VHPVAE",
     "Bernoulli",
     "ConstraintConfig",
     "ConstraintState",
     "Gaussian",
     "GaussianConditional",
+    "HIERARCHICAL_MODELS",
     "HierarchicalPrior",
+    "IWAE",
     "LatentVariableModel",
     "LossTerms",
+    "MODEL_NAMES",
     "ModelConfig",
     "ObjectiveParts",
+    "REWO_VARIANTS",
+    "STATISTICS",
     "StandardNormalPrior",
+    "VAE",
+    "VHPIWVAE",
+    "VHPVAE",
     "VampPrior",
     "VampVAE",
+    "auto_kappa",
     "build_likelihood",
-    "decoder_jacobian",
-    "latent_grid",
-    "magnification_factor",
-    "magnification_factor_from_jacobian",
-    "magnification_factor_grid",
     "build_model",
     "constraint_rule",
+    "decoder_jacobian",
+    "earlier_rewo_update",
     "fixed_update",
     "gaussian_kl",
     "geco_update",
+    "grads_finite",
     "importance_weighted_bound",
+    "latent_grid",
     "log_likelihood",
     "log_normal_diag",
     "log_standard_normal",
+    "magnification_factor",
+    "magnification_factor_from_jacobian",
+    "magnification_factor_grid",
     "moving_average",
     "network_autocast",
+    "objective_mode",
     "rewo_update",
     "train_step",
     "update_constraint",

@@ -1,9 +1,9 @@
 """Frozen configuration records of a model and of its reconstruction constraint.
 
 `ModelConfig` names the architecture and objective of one of the compared models
-(METHOD §5); `ConstraintConfig` holds kappa and the REWO/GECO hyper-parameters of
-METHOD §4 (Klushyn et al. 2019, "Learning Hierarchical Priors in VAEs"; Rezende &
-Viola 2018, "Taming VAEs"). Both validate their values on construction so that a bad
+(METHOD §5; MODEL_NAMES is the one registry of model names); `ConstraintConfig` holds
+kappa and the REWO/GECO hyper-parameters of METHOD §4 (Klushyn et al. 2019, "Learning
+Hierarchical Priors in VAEs"; Rezende & Viola 2018, "Taming VAEs"). Both validate their values on construction so that a bad
 params.yaml entry fails at the entry point with the offending field named.
 """
 
@@ -13,7 +13,9 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-MODEL_NAMES = ("vhp", "vhp-geco", "iwae", "vae", "vamp")
+MODEL_NAMES = ("vhp", "vhp-iw", "vhp-geco", "iwae", "vae", "vamp")
+HIERARCHICAL_MODELS = ("vhp", "vhp-iw", "vhp-geco")  # the models with the learned prior of METHOD §2
+REWO_VARIANTS = ("authors", "earlier")
 LIKELIHOOD_NAMES = ("gaussian", "bernoulli")
 NETWORK_NAMES = ("mlp", "conv")
 ACTIVATION_NAMES = ("tanh", "relu", "elu", "softplus", "leaky_relu", "gelu", "silu", "sigmoid")
@@ -49,13 +51,15 @@ def _is_finite_number(value: Any) -> bool:
 class ModelConfig:
     """Architecture and objective of one model (METHOD §5).
 
-    model: 'vhp' (hierarchical prior, REWO), 'vhp-geco' (hierarchical prior, GECO),
+    model: 'vhp' (hierarchical prior, REWO), 'vhp-iw' (hierarchical prior, REWO, outer
+    importance-weighted bound with k_iw samples of z), 'vhp-geco' (hierarchical prior, GECO),
     'iwae' (N(0, I) prior, importance-weighted bound with k_iw samples), 'vae' (ELBO),
     'vamp' (VampPrior with n_pseudo pseudo-inputs, ELBO).
     x_shape: shape of one data point, e.g. (62,) or (1, 64, 64).
     hidden: encoder widths; the decoder mirrors them. prior_hidden: widths of the
     hierarchical prior's p_Theta(z|zeta) and q_Phi(zeta|z); () makes both
-    linear-Gaussian. k_inner: K zeta samples in the bound F during training.
+    linear-Gaussian. k_inner: K zeta samples in the bound F during training. k_iw: samples of z
+    in the outer importance-weighted bound ('iwae', 'vhp-iw').
     precision: 'bf16' runs the network layers under CPU autocast; densities,
     likelihood sums and logsumexp stay in the parameters' dtype.
     """
@@ -114,32 +118,69 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class ConstraintConfig:
-    """The reconstruction constraint E[C] <= kappa^2 and the lambda update (METHOD §4).
+    """The reconstruction constraint E[C] <= kappa^2 and the lambda rules of METHOD §4.
 
-    kappa: tolerance on the per-dimension reconstruction error C (C <= kappa^2).
-    alpha: moving-average factor of C_hat. nu: step size of the multiplicative
-    lambda update per unit of C. beta: slope of the tanh that slows REWO's descent
-    of lambda towards 1. lambda_min, lambda_max: clip range of lambda (guards against
-    exponential blow-up). lambda_init: lambda at step 0.
+    Defaults are the authors' values (argmax-ai/deep-variational-bayes-filters,
+    ConstrainedOptimization); the ablations of METHOD §4 are reached by changing fields.
+
+    kappa: tolerance on the per-dimension reconstruction error C (C_hat <= kappa^2), or
+        None for 'auto': kappa^2 = (1 + auto_slack) * C_ae, chosen by the plateau rule
+        of `constraint.auto_kappa` from the C_hat that the reconstruction-only phase reaches.
+    variant: REWO variant, 'authors' (initial reconstruction-only phase, then clipped
+        lambda steps every lambda_every steps) or 'earlier' (the earlier reading: Lagrangian
+        from step 1, lambda updated every step by exp(nu * delta), no step clip).
+    alpha: moving-average factor of C_hat (C_hat <- alpha C_hat + (1 - alpha) C_ba).
+    nu: REWO step size of log lambda per unit of delta = C_hat - kappa^2.
+    tau: slope of tanh(tau (lambda - 1)) that brings lambda back to 1 while satisfied.
+    lambda_every: REWO ('authors') updates lambda only at steps that are multiples of this.
+    step_min, step_max: clip range of REWO's ('authors') multiplicative step m.
+    lambda_min, lambda_max: clip range of lambda itself, for every rule.
+    lambda_init: lambda before step 1 (rules 'rewo' and 'geco'; 'none' keeps lambda = 1).
+    geco_nu: GECO's step size of log lambda per unit of delta (both directions, every step).
+    auto_slack: kappa^2 = (1 + auto_slack) * C_ae when kappa is None.
+    auto_window: the plateau rule compares C_hat every auto_window steps.
+    auto_threshold: plateau when C_hat improved by less than this fraction over a window.
+    auto_max_steps: the reconstruction-only phase of kappa = None stops at this step at the
+        latest (the pipeline sets it from a fraction of the run length).
     """
 
-    kappa: float
+    kappa: float | None
+    variant: str = "authors"
     alpha: float = 0.99
-    nu: float = 0.01
-    beta: float = 1.0
-    lambda_min: float = 0.0
-    lambda_max: float = 1e4
+    nu: float = 1.0
+    tau: float = 100.0
+    lambda_every: int = 100
+    step_min: float = 0.9
+    step_max: float = 1.05
+    lambda_min: float = 1e-6
+    lambda_max: float = 1e8
     lambda_init: float = 1.0
+    geco_nu: float = 0.01
+    auto_slack: float = 0.2
+    auto_window: int = 100
+    auto_threshold: float = 0.01
+    auto_max_steps: int = 500
 
     def __post_init__(self) -> None:
-        for name in ("kappa", "alpha", "nu", "beta", "lambda_min", "lambda_max", "lambda_init"):
+        if self.kappa is not None:
+            _require(_is_finite_number(self.kappa) and self.kappa > 0, "kappa", self.kappa, "None (auto) or a finite number > 0")
+        _require(self.variant in REWO_VARIANTS, "variant", self.variant, f"one of {REWO_VARIANTS}")
+        for name in (
+            "alpha", "nu", "tau", "step_min", "step_max", "lambda_min", "lambda_max", "lambda_init",
+            "geco_nu", "auto_slack", "auto_threshold",
+        ):
             value = getattr(self, name)
             _require(_is_finite_number(value), name, value, "a finite number")
-        _require(self.kappa > 0, "kappa", self.kappa, "> 0")
+        for name in ("lambda_every", "auto_window", "auto_max_steps"):
+            value = getattr(self, name)
+            _require(_is_positive_int(value), name, value, "a positive integer")
         _require(0 <= self.alpha < 1, "alpha", self.alpha, "in [0, 1)")
-        _require(self.nu > 0, "nu", self.nu, "> 0")
-        _require(self.beta > 0, "beta", self.beta, "> 0")
-        _require(self.lambda_min >= 0, "lambda_min", self.lambda_min, ">= 0")
+        for name in ("nu", "tau", "geco_nu"):
+            value = getattr(self, name)
+            _require(value > 0, name, value, "> 0")
+        _require(0 < self.step_min <= 1, "step_min", self.step_min, "in (0, 1]")
+        _require(self.step_max >= 1, "step_max", self.step_max, ">= 1")
+        _require(self.lambda_min > 0, "lambda_min", self.lambda_min, "> 0")
         _require(self.lambda_max >= self.lambda_min, "lambda_max", self.lambda_max, f">= lambda_min ({self.lambda_min})")
         _require(
             self.lambda_min <= self.lambda_init <= self.lambda_max,
@@ -147,3 +188,5 @@ class ConstraintConfig:
             self.lambda_init,
             f"in [lambda_min, lambda_max] = [{self.lambda_min}, {self.lambda_max}]",
         )
+        _require(self.auto_slack >= 0, "auto_slack", self.auto_slack, ">= 0")
+        _require(0 <= self.auto_threshold < 1, "auto_threshold", self.auto_threshold, "in [0, 1)")

@@ -6,6 +6,8 @@ All share a Gaussian encoder q_phi(z|x), a decoder p_theta(x|z) and a prior:
 - VampVAE (Tomczak & Welling 2018): VampPrior, negative ELBO with a one-sample KL.
 - VHPVAE (Klushyn et al. 2019): hierarchical prior, the Lagrangian of METHOD §3
   (model names 'vhp' with REWO and 'vhp-geco' with GECO).
+- VHPIWVAE ('vhp-iw'): hierarchical prior inside an outer importance-weighted bound with
+  k_iw samples of z, each with its own F(z) from k_inner zetas; REWO.
 
 The objective is split as  total = regulariser_term + lambda * nll  with nll the batch
 mean of -log p(x|z) summed over data dimensions. For VHP the regulariser term is
@@ -13,7 +15,9 @@ E[log q_phi(z|x) - F(Theta, Phi; z)] with one reparameterised z per data point a
 k_inner zetas per z; so with lambda = 1 the total is exactly the negative ELBO.
 The constraint itself is measured on the per-dimension reconstruction error C
 (delta = C_hat - kappa^2 drives lambda, METHOD §4); the Lagrangian's -lambda kappa^2
-is constant during a gradient step and is left out of `total`.
+is constant during a gradient step and is left out of `total`. In REWO's initial phase
+the objective is `nll` alone (`ObjectiveParts.reconstruction_only`). C does not depend
+on a learned Gaussian std; -log p(x|z) does.
 """
 
 from __future__ import annotations
@@ -38,9 +42,12 @@ class LossTerms:
 
     reconstruction: C, the per-dimension reconstruction error (batch mean).
     nll: -log p(x|z) summed over dimensions (batch mean).
-    regulariser: KL (vae, iwae as reported), E[log q - F] (vhp) or E[log q - log p(z)] (vamp).
-    lambda_: the multiplier used in `total`. constraint: C - kappa^2 (0.0 for rule 'none').
+    regulariser: KL (vae, iwae as reported), E[log q - F] (vhp, vhp-iw) or E[log q - log p(z)] (vamp).
+    lambda_: the multiplier used in `total`. constraint: C - kappa^2 (0.0 for rule 'none'
+    and while kappa is auto and not yet chosen).
     elbo: E[log p(x|z) + log p(z) - log q(z|x)] (F for log p(z) with vhp), batch mean.
+    mode: what `total` is, 'lagrangian' (regulariser_term + lambda * nll) or
+    'reconstruction' (nll alone: REWO's initial phase, see constraint.objective_mode).
     """
 
     total: torch.Tensor
@@ -51,6 +58,11 @@ class LossTerms:
     constraint: float
     elbo: float
     finite: bool = True
+    mode: str = "lagrangian"
+
+
+# The entries of ObjectiveParts.statistics(), in order.
+STATISTICS = ("reconstruction", "nll", "regulariser", "elbo", "regulariser_term", "nonfinite")
 
 
 @dataclass(frozen=True)
@@ -69,6 +81,22 @@ class ObjectiveParts:
     def total(self, lambda_: float) -> torch.Tensor:
         """regulariser_term + lambda * nll (the negative ELBO / IWAE bound at lambda = 1)."""
         return self.regulariser_term + lambda_ * self.nll
+
+    def reconstruction_only(self) -> torch.Tensor:
+        """nll = E[-log p(x|z)] alone: REWO's initial-phase objective (no KL / prior term)."""
+        return self.nll
+
+    def statistics(self) -> torch.Tensor:
+        """Detached float64 vector, in the order of STATISTICS: [reconstruction, nll,
+        regulariser, elbo, regulariser_term, nonfinite], nonfinite = 1.0 if any of the
+        five terms is not finite, else 0.0. One tensor, so that a step needs one host
+        sync (and, across processes, one all-reduce) for all of them.
+        """
+        values = torch.stack(
+            [self.reconstruction, self.nll.detach(), self.regulariser, self.elbo, self.regulariser_term.detach()]
+        ).double()
+        nonfinite = (~torch.isfinite(values).all()).double().reshape(1)
+        return torch.cat([values, nonfinite])
 
     def terms(self, lambda_: float, kappa: float | None, finite: bool = True) -> LossTerms:
         """LossTerms at this lambda; constraint = C - kappa^2, or 0.0 when kappa is None (no constraint)."""
@@ -256,8 +284,34 @@ class VHPVAE(LatentVariableModel):
         return ObjectiveParts(reg, nll, c.mean().detach(), reg.detach(), -(nll + reg).detach())
 
 
+class VHPIWVAE(VHPVAE):
+    """Hierarchical prior inside an outer importance-weighted bound ('vhp-iw', REWO).
+
+    K = k_iw samples z_k ~ q_phi(z|x), each with its own F(Theta, Phi; z_k) from k_inner
+    zetas: log w_k = log p(x|z_k) + F(z_k) - log q(z_k|x), bound = log (1/K) sum_k w_k.
+    Split like IWAE, nll = mean over samples of -log p(x|z_k) and regulariser_term =
+    -bound - nll, so lambda = 1 gives the negative bound. Reported: regulariser =
+    mean of log q - F, elbo = mean of log w; C the mean over samples and batch.
+    """
+
+    def objective_parts(self, x: torch.Tensor, generator: torch.Generator | None = None) -> ObjectiveParts:
+        k = self.config.k_iw
+        z, log_q, _, _ = self.posterior_sample(x, k, generator)  # (K, B, latent), (K, B)
+        batch = x.shape[0]
+        z_flat = z.reshape(k * batch, -1)
+        out = self.decoder(z_flat).reshape(k, batch, self.data_dim)
+        log_px, c = self.likelihood.terms(self.flatten_data(x), out)  # (K, B)
+        f_bound = self.prior.log_prob_bound(z_flat, self.config.k_inner, generator).reshape(k, batch)
+        log_w = log_px + f_bound - log_q
+        bound = importance_weighted_bound(log_w, dim=0).to(log_w.dtype).mean()
+        nll = -log_px.mean()
+        reg = (log_q - f_bound).mean().detach()
+        return ObjectiveParts(-bound - nll, nll, c.mean().detach(), reg, log_w.mean().detach())
+
+
 _MODEL_CLASSES: dict[str, type[LatentVariableModel]] = {
     "vhp": VHPVAE,
+    "vhp-iw": VHPIWVAE,
     "vhp-geco": VHPVAE,
     "iwae": IWAE,
     "vae": VAE,
@@ -273,6 +327,8 @@ def build_model(config: ModelConfig) -> LatentVariableModel:
 __all__ = [
     "IWAE",
     "VAE",
+    "STATISTICS",
+    "VHPIWVAE",
     "VHPVAE",
     "LatentVariableModel",
     "LossTerms",

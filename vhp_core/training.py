@@ -1,29 +1,62 @@
-"""One optimisation step of the Lagrangian with the lambda rule of the model (METHOD §3-4).
+"""One optimisation step with the lambda rule of the model (METHOD §3-4).
 
-Order within a step, as in METHOD §4: forward pass; C_ba -> new ConstraintState (lambda,
-C_hat, prior_active); total = regulariser_term + lambda * nll with the new lambda;
-backward; the prior's parameters (Theta, Phi) lose their gradients while the new state
-is not prior_active; then the optimiser step. A non-finite loss or gradient skips the
-step and leaves the state where it was, so one bad batch cannot poison lambda or C_hat.
+Order within a step: forward pass; the batch statistics (C_ba and the reported terms,
+averaged over processes by the `reduce` hook); C_ba -> new ConstraintState; the
+objective the new state calls for (constraint.objective_mode): the reconstruction term
+alone in REWO's initial phase, else regulariser_term + lambda * nll with the new lambda;
+backward; the prior's parameters (Theta, Phi) lose their gradients while the new state is
+not prior_active; then the optimiser step. A non-finite loss or gradient skips the step
+and leaves the state where it was, so one bad batch cannot poison lambda or C_hat.
+
+The same function is the step of one process and of data-parallel training: the DDP
+launcher passes `forward` (its DDP-wrapped module, whose forward returns ObjectiveParts,
+so that DDP's hooks average the gradients) and `reduce` (an all-reduce mean of the
+statistics vector, so that every process sees the global batch's C and takes the same
+lambda step).
 """
 
 from __future__ import annotations
 
-import math
+from collections.abc import Callable, Iterable
 
 import torch
 
 from .config import ConstraintConfig
-from .constraint import ConstraintState, update_constraint
-from .models import LatentVariableModel, LossTerms
+from .constraint import ConstraintState, objective_mode, update_constraint
+from .models import STATISTICS, LatentVariableModel, LossTerms, ObjectiveParts
+
+Forward = Callable[[torch.Tensor, "torch.Generator | None"], ObjectiveParts]
+Reduce = Callable[[torch.Tensor], torch.Tensor]
 
 
-def _grads_finite(parameters: list[torch.nn.Parameter]) -> bool:
+def grads_finite(parameters: Iterable[torch.nn.Parameter]) -> bool:
+    """True iff every gradient entry of `parameters` is finite (parameters without a grad are skipped).
+
+    One reduction over all gradients, hence one host sync: the total norm is non-finite
+    iff some entry is.
+    """
     grads = [p.grad for p in parameters if p.grad is not None]
     if not grads:
         return True
-    # One reduction over all gradients: the norm is non-finite iff some entry is.
     return bool(torch.isfinite(torch.nn.utils.get_total_norm(grads, norm_type=2.0, foreach=True)))
+
+
+def _loss_terms(
+    total: torch.Tensor, stats: list[float], lambda_: float, kappa_sq: float | None, finite: bool, mode: str
+) -> LossTerms:
+    # stats: ObjectiveParts.statistics() as floats, in the order of STATISTICS.
+    reconstruction, nll, regulariser, elbo = stats[:4]
+    return LossTerms(
+        total=total,
+        reconstruction=reconstruction,
+        nll=nll,
+        regulariser=regulariser,
+        lambda_=float(lambda_),
+        constraint=0.0 if kappa_sq is None else reconstruction - kappa_sq,
+        elbo=elbo,
+        finite=finite,
+        mode=mode,
+    )
 
 
 def train_step(
@@ -33,32 +66,52 @@ def train_step(
     state: ConstraintState,
     cfg: ConstraintConfig,
     generator: torch.Generator | None = None,
+    *,
+    forward: Forward | None = None,
+    reduce: Reduce | None = None,
 ) -> tuple[ConstraintState, LossTerms]:
     """Forward, lambda update by the model's rule, backward and optimiser step on one batch.
 
-    Returns the new state and the LossTerms at the new lambda. While the new state is not
-    prior_active the prior's parameters get no update (their grads are set to None, which
-    optimisers skip, so no momentum leaks in either). On a non-finite loss or gradient the
-    step is skipped: returns (state unchanged, terms with finite=False).
+    forward(batch, generator) -> ObjectiveParts: default model.objective_parts.
+    reduce(stats) -> stats: the float64 vector of ObjectiveParts.statistics() (this
+    process's batch means and non-finite flag) averaged over processes; default identity.
+    C_ba for the lambda rule and every float of the returned LossTerms come from the
+    reduced vector; LossTerms.total is this process's scalar that was back-propagated.
+
+    Returns the new state and the LossTerms at the new lambda (mode 'reconstruction' or
+    'lagrangian'; total detached). While the new state is not prior_active the prior's
+    parameters get no update (their grads are set to None, which optimisers skip, so no
+    momentum leaks in either). On a non-finite loss (on any process) or gradient the step
+    is skipped: returns (state unchanged, terms with finite=False).
     """
     rule = model.rule
-    kappa = None if rule == "none" else cfg.kappa
+    forward = model.objective_parts if forward is None else forward
     optimiser.zero_grad(set_to_none=True)
-    parts = model.objective_parts(batch, generator)
-    c_batch = float(parts.reconstruction)
-    if not math.isfinite(c_batch):
-        return state, parts.terms(state.lambda_, kappa, finite=False)
-    new_state = update_constraint(state, c_batch, cfg, rule)
-    terms = parts.terms(new_state.lambda_, kappa)
-    if not torch.isfinite(terms.total):
-        return state, parts.terms(state.lambda_, kappa, finite=False)
-    terms.total.backward()
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    if not _grads_finite(parameters):
+    parts = forward(batch, generator)
+    stats_tensor = parts.statistics()
+    if reduce is not None:
+        stats_tensor = reduce(stats_tensor)
+    stats = stats_tensor.tolist()  # the step's one host sync for C and the reported terms
+
+    def terms(total: torch.Tensor, s: ConstraintState, finite: bool, mode: str) -> LossTerms:
+        kappa_sq = None if rule == "none" else s.kappa_sq
+        if reduce is not None:  # report the objective of the whole (all-process) batch, not this process's share
+            nll, regulariser_term = stats[STATISTICS.index("nll")], stats[STATISTICS.index("regulariser_term")]
+            value = nll if mode == "reconstruction" else regulariser_term + s.lambda_ * nll
+            total = torch.tensor(value, dtype=torch.float64)
+        return _loss_terms(total.detach(), stats, s.lambda_, kappa_sq, finite, mode)
+
+    if stats[-1] > 0:  # some process's batch gave a non-finite term
+        return state, terms(parts.total(state.lambda_), state, False, objective_mode(state, cfg, rule))
+    new_state = update_constraint(state, stats[0], cfg, rule)
+    mode = objective_mode(new_state, cfg, rule)
+    total = parts.reconstruction_only() if mode == "reconstruction" else parts.total(new_state.lambda_)
+    total.backward()
+    if not grads_finite(p for p in model.parameters() if p.requires_grad):
         optimiser.zero_grad(set_to_none=True)
-        return state, parts.terms(state.lambda_, kappa, finite=False)
+        return state, terms(total, state, False, mode)
     if not new_state.prior_active:
         for p in model.prior_parameters():
             p.grad = None
     optimiser.step()
-    return new_state, terms
+    return new_state, terms(total, new_state, True, mode)

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from preprocessing.errors import ImageFormatError, SourceError
-from preprocessing.images import DEBIAN_DIR, FILES, FashionMnistParams, prepare, read_idx
+from preprocessing.fashion_mnist import DEBIAN_DIR, FILES, FashionMnistParams, prepare, read_idx
 from preprocessing.store import open_dataset
+from conftest import stage_params
 
 
 def _idx(array: np.ndarray) -> bytes:
@@ -54,7 +55,7 @@ def test_bad_idx_files(tmp_path: Path, content: bytes, message: str) -> None:
 
 def test_prepare_scales_labels_and_binarises(tmp_path: Path) -> None:
     folder = _folder(tmp_path)
-    prepare(FashionMnistParams(source=str(folder), binarise_seed=5), tmp_path / "f.zarr", progress=False)
+    prepare(stage_params(FashionMnistParams, "prepare_fashion_mnist", source=str(folder), binarise_seed=5), tmp_path / "f.zarr", progress=False)
     ds = open_dataset(tmp_path / "f.zarr")
     assert ds.likelihood == "bernoulli" and ds.x_shape == (1, 28, 28)
     raw = read_idx(folder / FILES["train_images"])
@@ -64,19 +65,19 @@ def test_prepare_scales_labels_and_binarises(tmp_path: Path) -> None:
     assert set(np.unique(bits).tolist()) <= {0.0, 1.0}
     x = ds.test.x[:]
     assert (bits[x == 0] == 0).all() and (bits[x == 1] == 1).all()
-    prepare(FashionMnistParams(source=str(folder), binarise_seed=5), tmp_path / "g.zarr", progress=False)
+    prepare(stage_params(FashionMnistParams, "prepare_fashion_mnist", source=str(folder), binarise_seed=5), tmp_path / "g.zarr", progress=False)
     np.testing.assert_array_equal(open_dataset(tmp_path / "g.zarr").test.extra["x_binarised"][:], bits)  # fixed
 
 
 def test_missing_files(tmp_path: Path) -> None:
     with pytest.raises(SourceError, match="dataset-fashion-mnist"):
-        prepare(FashionMnistParams(source=str(tmp_path)), tmp_path / "f.zarr", progress=False)
+        prepare(stage_params(FashionMnistParams, "prepare_fashion_mnist", source=str(tmp_path)), tmp_path / "f.zarr", progress=False)
 
 
 def test_debian_fashion_mnist(tmp_path: Path) -> None:
     if not Path(DEBIAN_DIR, FILES["test_images"]).is_file():
         pytest.skip(f"Fashion-MNIST not installed in {DEBIAN_DIR} (apt-get install dataset-fashion-mnist)")
-    prepare(FashionMnistParams(max_train=500, max_test=200), tmp_path / "f.zarr", progress=False)
+    prepare(stage_params(FashionMnistParams, "prepare_fashion_mnist", max_train=500, max_test=200), tmp_path / "f.zarr", progress=False)
     ds = open_dataset(tmp_path / "f.zarr")
     assert len(ds.train) == 500 and len(ds.test) == 200
     assert ds.attrs["labels"]["label"]["classes"][9] == "Ankle boot"

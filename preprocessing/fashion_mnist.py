@@ -38,10 +38,10 @@ FILES = {
 class FashionMnistParams:
     """The ``prepare_fashion_mnist`` section of params.yaml."""
 
-    source: str = DEBIAN_DIR  # folder with the four idx .gz files
-    binarise_seed: int = 0  # seed of the fixed binarised test set
-    max_train: int = 0  # keep the first n training images (0 = all; for quick runs)
-    max_test: int = 0
+    source: str  # folder with the four idx .gz files
+    binarise_seed: int  # seed of the fixed binarised test set
+    max_train: int  # keep the first n training images (0 = all; for quick runs)
+    max_test: int
 
     def __post_init__(self) -> None:
         if self.max_train < 0 or self.max_test < 0:

@@ -1,0 +1,35 @@
+"""Errors that a user's input or run can cause; the CLI reports each in one line with exit status 2."""
+
+from __future__ import annotations
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (non-finite run, lock held, constraint never met, ...); never worth a retry."""
+
+
+class NonFiniteTrainingError(TrainingError):
+    pass
+
+
+class RunLockedError(TrainingError):
+    pass
+
+
+class ConstraintNotMetError(TrainingError):
+    """``train.require_constraint`` is set and the run ended with the prior never trained."""
+
+
+class EvaluationError(ValueError):
+    """A model and a data set that do not belong together."""
+
+
+class RetrainError(RuntimeError):
+    pass
+
+
+class SweepError(RuntimeError):
+    """The sweep cannot start (a missing data set, a missing extra) or some of its points failed."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used: missing, unreadable, tampered or mismatched."""
