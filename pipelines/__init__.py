@@ -30,37 +30,63 @@ def configure_offline_prefect(home: Path | None = None) -> None:
 configure_offline_prefect()
 
 
-class _DropExpectedErrors:
-    """A logging filter that drops Prefect's reports of errors the CLI reports itself in one line."""
+class DropExpectedErrors:
+    """A logging filter for Prefect's console handler: drops Prefect's reports of the errors that
+    the CLI reports itself in one line (their tracebacks stay in Prefect's run logs)."""
 
-    def __init__(self, errors: tuple[type[BaseException], ...]) -> None:
-        self.errors = errors
-        self.names = tuple(e.__name__ for e in errors)
+    def __init__(self) -> None:
+        self.errors: tuple[type[BaseException], ...] | None = None
+        self.names: tuple[str, ...] = ()
 
     def filter(self, record) -> bool:  # noqa: ANN001 - logging.LogRecord
         if not record.name.startswith("prefect"):
             return True
+        if self.errors is None:
+            from pipelines.errors import user_errors
+
+            self.errors = user_errors()
+            classes, todo = set(), list(self.errors)
+            while todo:  # the errors and every subclass of them, by name
+                cls = todo.pop()
+                if cls not in classes:
+                    classes.add(cls)
+                    todo.extend(cls.__subclasses__())
+            self.names = tuple(sorted(c.__name__ for c in classes))
         if record.exc_info and isinstance(record.exc_info[1], self.errors):
             return False
-        if record.levelname in ("ERROR", "WARNING", "CRITICAL"):
-            message = record.getMessage()
-            return not any(name in message for name in self.names)
-        return True
+        message = record.getMessage()
+        return not any(name in message for name in self.names)
 
 
-def quiet_expected_errors(errors: tuple[type[BaseException], ...], enabled: bool = True) -> None:
-    """Keep Prefect's tracebacks of our expected errors off the terminal.
+def quiet_expected_errors(enabled: bool = True) -> None:
+    """Keep Prefect's console reports of our expected errors off the terminal.
 
-    They still reach Prefect's run logs (the API handler is left alone); the CLI prints
-    its one-line message. ``vhp --debug`` leaves Prefect's console output as it is.
+    Prefect reads its logging configuration from a YAML file (PREFECT_LOGGING_SETTINGS_PATH);
+    this writes a copy of the one in force with ``DropExpectedErrors`` on its console handlers
+    and points Prefect at it. Prefect's API handler, and so the run logs, keep everything.
+    Call it before Prefect sets up logging (before the first flow runs). ``vhp --debug`` skips it.
     """
     if not enabled:
         return
-    import logging
+    import importlib.util
+    import tempfile
 
-    from prefect.logging.configuration import setup_logging
+    import yaml
 
-    setup_logging()
-    for handler in logging.getLogger().handlers:
-        if not any(isinstance(f, _DropExpectedErrors) for f in handler.filters):
-            handler.addFilter(_DropExpectedErrors(errors))
+    source = os.environ.get("PREFECT_LOGGING_SETTINGS_PATH")
+    if not source:
+        spec = importlib.util.find_spec("prefect")
+        if spec is None or spec.origin is None:
+            return
+        source = str(Path(spec.origin).parent / "logging" / "logging.yml")
+    try:
+        config = yaml.safe_load(Path(source).read_text())
+    except (OSError, yaml.YAMLError):
+        return
+    config.setdefault("filters", {})["vhp_expected_errors"] = {"()": "pipelines.DropExpectedErrors"}
+    for name, handler in (config.get("handlers") or {}).items():
+        if "console" in name:
+            handler.setdefault("filters", []).append("vhp_expected_errors")
+    target = Path(tempfile.gettempdir()) / f"vhp-prefect-logging-{os.getpid()}.yml"
+    target.write_text(yaml.safe_dump(config))
+    os.environ["PREFECT_LOGGING_SETTINGS_PATH"] = str(target)

@@ -46,19 +46,9 @@ if TYPE_CHECKING:
 
 
 from pipelines.errors import CheckpointError  # noqa: E402,F401  (raised by the loaders below)
+from preprocessing.download import fsync_dir as _fsync_dir  # noqa: E402
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 FAULT_POINTS = ("mid-write", "after-write", "after-fsync", "after-rename")

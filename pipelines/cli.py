@@ -24,17 +24,6 @@ PREPARE_SECTIONS = {
 }
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """Exception types that mean 'bad input', reported without a traceback."""
-    from pipelines.errors import CheckpointError, EvaluationError, RetrainError, SweepError, TrainingError
-    from pipelines.params_file import ParamsError
-    from preprocessing.errors import PreprocessingError
-
-    # DatasetError and the parsers' errors are PreprocessingErrors.
-    return (ParamsError, CheckpointError, FileNotFoundError, PreprocessingError, TrainingError, RetrainError,
-            EvaluationError, SweepError)
-
-
 # --------------------------------------------------------------------------- commands
 
 def cmd_prepare(args: argparse.Namespace) -> int:
@@ -49,9 +38,9 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     raw = read_yaml(args.params)
     data = dict(raw.get(section_name) or {})
     data.pop("enabled", None)  # a pipeline switch, not a preprocessing knob
+    if args.source is not None:  # before the record is built, so that its checks see the real source
+        data.update(source_override(args.dataset, args.source))
     params = section(params_cls, {section_name: data}, section_name, args.params)
-    if args.source is not None:
-        params = dataclasses.replace(params, **source_override(args.dataset, args.source))
     module.prepare(params, Path(args.out), progress=not args.no_progress)
     print(f"wrote {args.out}")
     return 0
@@ -274,13 +263,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pipelines import quiet_expected_errors
+
+    argv = sys.argv[1:] if argv is None else argv
+    quiet_expected_errors(enabled="--debug" not in argv)  # before Prefect sets up its logging
     parser = build_parser()
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     args = parser.parse_args(argv)
-    errors = _user_errors()
-    from pipelines import quiet_expected_errors
+    from pipelines.errors import user_errors
 
-    quiet_expected_errors(errors, enabled=not args.debug)
+    errors = user_errors()
     try:
         return int(args.func(args) or 0)
     except errors as err:

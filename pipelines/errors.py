@@ -33,3 +33,13 @@ class SweepError(RuntimeError):
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used: missing, unreadable, tampered or mismatched."""
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Exception types that mean 'bad input or an expected failure', reported in one line without a traceback."""
+    from pipelines.params_file import ParamsError
+    from preprocessing.errors import PreprocessingError
+
+    # DatasetError and the parsers' and downloads' errors are PreprocessingErrors.
+    return (ParamsError, CheckpointError, FileNotFoundError, PreprocessingError, TrainingError, RetrainError,
+            EvaluationError, SweepError)

@@ -194,11 +194,14 @@ def fit(
     stop_after_steps: int | None = None,
     device: torch.device | str = "cpu",
     hooks: StepHooks = StepHooks(),
+    on_progress: Callable[[int, int, ConstraintState], None] | None = None,
 ) -> FitResult:
     """Train ``model`` on ``data``; resume from ``checkpoint_path`` when it matches.
 
     ``stop_after_steps`` ends the loop early (as an interruption would), leaving
     the last checkpoint behind; it exists for tests and for time-boxed runs.
+    ``on_progress(step, total_steps, state)`` is called at every percent of the run
+    (the Prefect flow turns it into a progress artifact).
     """
     t0 = time.perf_counter()
     fp = fingerprint(config, ccfg, params, seed, data.data_id)
@@ -265,6 +268,8 @@ def fit(
                 if p.step % 20 == 0:
                     bar.set_postfix(lam=f"{p.state.lambda_:.3g}", C=f"{p.state.c_hat:.3g}",
                                     prior="on" if p.state.prior_active else "off", refresh=False)
+                if on_progress is not None and hooks.main and p.step % max(1, steps // 100) == 0:
+                    on_progress(p.step, steps, p.state)
                 if p.step % params.checkpoint_every == 0 and hooks.main:
                     _save(checkpoint_path, model, optimiser, config, ccfg, fp, gen, p)
                 if stop_after_steps is not None and p.step >= stop_after_steps:

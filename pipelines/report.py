@@ -43,7 +43,7 @@ FIGURES: tuple[tuple[str, str], ...] = (
 # Strips of frames are wide: models are stacked rather than put side by side, so frames stay legible.
 WIDE_FIGURES = frozenset({"interpolation_frames.png", "reconstructions.png", "prior_samples.png"})
 
-# Metric rows of the table, in order, with a short definition (pipelines/METRICS.md has the long ones).
+# Metric rows of the table, in order, with a short definition (the README's Evaluation section has the long ones).
 # Keys not listed here but present in a metrics.json follow, alphabetically.
 METRIC_ROWS: tuple[tuple[str, str], ...] = (
     ("test_log_likelihood", "log p(x) by importance sampling, nats per test point (higher is better)"),
@@ -58,6 +58,12 @@ METRIC_ROWS: tuple[tuple[str, str], ...] = (
     ("active_units", "latent dimensions with Cov_x(E_q[z]) > 0.01"),
     ("latent_dim", "latent dimensions"),
     ("final_lambda", "lambda at the end of training"),
+    ("constraint_met", "C_hat <= kappa^2 at the end of training (no: the prior may never have trained)"),
+    ("prior_activation_step", "step at which the constraint was first met and the hierarchical prior started to learn"),
+    ("kappa", "kappa in force (kappa: auto -> chosen from the data)"),
+    ("kappa_squared", "kappa^2, the bound on the per-dimension reconstruction error C"),
+    ("c_ae", "kappa: auto: C_hat where the reconstruction-only initial phase stopped improving"),
+    ("kappa_step", "kappa: auto: the step at which kappa was chosen"),
     ("final_c_hat", "C_hat (moving average of C) at the end of training"),
     ("knn_accuracy", "kNN motion-type accuracy in latent space, train -> test"),
     ("trajectory_smoothness", "median consecutive-frame latent step / median pairwise distance (lower is smoother)"),
@@ -71,7 +77,7 @@ METRIC_ROWS: tuple[tuple[str, str], ...] = (
     ("interp_pairs", "endpoint pairs with a graph path"),
     ("n_test", "test points"),
 )
-HIDDEN_KEYS = frozenset({"dataset", "model"})
+HIDDEN_KEYS = frozenset({"dataset", "model", "constraint_warning"})
 
 
 def read_curves(path: Path, max_points: int | None = None) -> dict[str, np.ndarray]:
@@ -125,6 +131,16 @@ def _format(value: Any) -> str:
     return html.escape(str(value))
 
 
+def _is_bad(key: str, value: Any) -> bool:
+    """Cells the reader must not miss: a constraint never met, a prior that never trained."""
+    return (key == "constraint_met" and value is False) or (key == "prior_active" and value is False)
+
+
+# What the training stage's metrics.json adds to a model's column in the report.
+TRAINING_KEYS = ("constraint_met", "prior_active", "prior_activation_step", "kappa", "kappa_squared", "c_ae",
+                 "kappa_step", "constraint_warning")
+
+
 def _is_scalar(value: Any) -> bool:
     return value is None or isinstance(value, (int, float, str, bool))
 
@@ -144,6 +160,8 @@ table.metrics th, table.metrics td { border: 1px solid #ccc; padding: 3px 6px; t
 table.metrics th.metric, table.metrics td.metric { text-align: left; white-space: nowrap; }
 table.metrics thead th { background: #f0f0f0; }
 table.metrics tbody tr:nth-child(even) { background: #fafafa; }
+table.metrics td.bad { color: #b00; font-weight: bold; }
+.warning { color: #b00; border: 2px solid #b00; background: #fff4f4; padding: 0.5em 0.8em; }
 .scroll { overflow-x: auto; }
 .pair { display: grid; grid-template-columns: repeat(var(--n), 1fr); gap: 12px; align-items: start; }
 .pair figure { margin: 0; } .pair img, .curves img { width: 100%; height: auto; border: 1px solid #eee; }
@@ -192,7 +210,8 @@ def _metrics_table(metrics: dict[str, dict[str, dict[str, Any]]], compare: tuple
     for key in known + extra:
         title = html.escape(definitions.get(key, ""), quote=True)
         rows.append(f'<tr><td class="metric" title="{title}">{html.escape(key)}</td>')
-        rows += [f"<td>{_format(metrics[d][m].get(key))}</td>" for d, m in columns]
+        rows += [f'<td class="bad">{_format(metrics[d][m].get(key))}</td>' if _is_bad(key, metrics[d][m].get(key))
+                 else f"<td>{_format(metrics[d][m].get(key))}</td>" for d, m in columns]
         rows.append("</tr>")
     rows.append("</tbody></table></div>")
     rows.append('<details><summary>Definitions</summary><dl class="defs">')
@@ -207,6 +226,11 @@ def _render(eval_root: Path, models_root: Path, out: Path, params: ReportParams)
     if eval_root.is_dir():
         for path in sorted(eval_root.glob("*/*/metrics.json")):
             metrics.setdefault(path.parent.parent.name, {})[path.parent.name] = _read_metrics(path)
+    if models_root.is_dir():
+        for path in sorted(models_root.glob("*/*/metrics.json")):
+            trained = _read_metrics(path)
+            cell = metrics.setdefault(path.parent.parent.name, {}).setdefault(path.parent.name, {})
+            cell.update({k: trained.get(k) for k in TRAINING_KEYS if k in trained})
     curves: dict[str, dict[str, dict[str, np.ndarray]]] = {}
     if models_root.is_dir():
         for path in sorted(models_root.glob("*/*/curves.tsv")):
@@ -233,6 +257,10 @@ def _render(eval_root: Path, models_root: Path, out: Path, params: ReportParams)
             body.append(f"<p><strong>Stand-in data</strong> ({html.escape(', '.join(sorted(stand_ins)))}): "
                         "the small default that needs no download, not the data of the paper. "
                         "Point params.yaml at real data for numbers worth comparing.</p>")
+        for model, values in sorted(metrics.get(dataset, {}).items()):
+            if values.get("constraint_warning"):
+                body.append(f'<p class="warning"><strong>{html.escape(model)}: constraint not met.</strong> '
+                            f"{html.escape(str(values['constraint_warning']))}</p>")
         evaluated = _model_order(list(metrics.get(dataset, {})), params.compare)
         side = [m for m in params.compare if m in evaluated] or evaluated[:2]
         if side:

@@ -197,6 +197,29 @@ def pipeline_task(project: Path, params: RetrainParams) -> str:
     return tail
 
 
+EVALUATION_COLUMNS = ("test_log_likelihood", "elbo", "knn_accuracy", "trajectory_smoothness", "mf_fraction",
+                      "interp_max_mf_graph", "r2_azimuth", "r2_light", "final_lambda")
+
+
+@task(name="publish-evaluation", cache_policy=NONE)
+def publish_task(project: Path) -> None:
+    """The evaluation's metrics as a table artifact, and a link to the report, for this run."""
+    from prefect.artifacts import create_link_artifact, create_table_artifact
+
+    rows = []
+    for path in sorted(Path(project).glob("eval/*/*/metrics.json")):
+        values = json.loads(path.read_text())
+        rows.append({"dataset": path.parent.parent.name, "model": path.parent.name,
+                     **{k: values.get(k) for k in EVALUATION_COLUMNS}})
+    if rows:
+        create_table_artifact(key="evaluation-metrics", table=rows,
+                              description="eval/<dataset>/<model>/metrics.json of this pipeline run")
+    report = Path(project) / "report" / "index.html"
+    if report.is_file():
+        create_link_artifact(key="report", link=report.resolve().as_uri(), link_text="report/index.html",
+                             description="the evaluation report of this pipeline run (opens offline)")
+
+
 @task(name="promote", cache_policy=NONE)
 def promote_task(project: Path, params: RetrainParams) -> str:
     return str(promote(project, params))
@@ -230,6 +253,7 @@ def retrain_flow(project: str = ".", force: bool = False) -> dict[str, Any]:
             logger.warning("pipeline failed; the champion stays")
             return record(root, params, {**base, "decision": "failed", "reason": str(err)[-2000:],
                                          "changed_stages": sorted(changes), "revision": revision(root)})
+        publish_task(root)
         metrics_path = root / "eval" / params.dataset / params.model / "metrics.json"
         value = read_metric(metrics_path, params.metric)
         decision, reason = decide(value, champion_value, params)

@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import torch
 from prefect import flow, task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NONE
 from prefect.logging import get_run_logger
 
@@ -84,6 +84,7 @@ def train_one(
     progress: bool = True,
     hooks: Callable[[torch.nn.Module, TrainingData], StepHooks] | None = None,
     stop_after_steps: int | None = None,
+    on_progress: Callable[[int, int, Any], None] | None = None,
 ) -> tuple[FitResult, dict[str, Any] | None]:
     """Open -> build -> fit -> write; returns the fit and the metrics (None where this process writes nothing).
 
@@ -101,7 +102,7 @@ def train_one(
     model.to(device_)
     step_hooks = StepHooks() if hooks is None else hooks(model, data)
     result = fit(model, config, ccfg, data, params, seed, Path(checkpoint_path), progress=progress,
-                 stop_after_steps=stop_after_steps, device=device_, hooks=step_hooks)
+                 stop_after_steps=stop_after_steps, device=device_, hooks=step_hooks, on_progress=on_progress)
     if not step_hooks.main or stop_after_steps is not None and result.step < total_steps(data.n, params):
         return result, None
     warning = constraint_report(result, model_name)
@@ -130,8 +131,16 @@ def _no_retry_for_training_errors(task, task_run, state) -> bool:
       retry_condition_fn=_no_retry_for_training_errors)
 def train_task(dataset_name: str, model_name: str, data_path: str, out_dir: str, checkpoint_path: str,
                params: TrainParams, base: BaseParams, progress: bool) -> dict[str, Any]:
+    artifact = create_progress_artifact(progress=0.0, key=f"train-progress-{dataset_name}-{model_name}".replace(
+        "_", "-"), description=f"training {model_name} on {dataset_name}: percent of the run's steps")
+
+    def report(step: int, steps: int, state: Any) -> None:
+        update_progress_artifact(artifact, progress=100.0 * step / steps,
+                                 description=f"step {step}/{steps}: lambda {state.lambda_:.3g}, "
+                                             f"C_hat {state.c_hat:.3g}, prior {'on' if state.prior_active else 'off'}")
+
     _, metrics = train_one(dataset_name, model_name, Path(data_path), Path(out_dir), Path(checkpoint_path),
-                           params, base.seed, base.device, progress)
+                           params, base.seed, base.device, progress, on_progress=report)
     assert metrics is not None
     return metrics
 

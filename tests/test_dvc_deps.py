@@ -92,7 +92,7 @@ def _follow(words: list[str]) -> set[Path]:
     tree = ast.parse((ROOT / "pipelines" / "cli.py").read_text())
     start = {"pipelines"} | imports_of(ast.Module(body=[n for n in tree.body if not isinstance(
         n, (ast.FunctionDef, ast.ClassDef))], type_ignores=[]), "pipelines.cli")
-    functions = ["main", "_user_errors"]
+    functions = ["main"]
     if words[1] == "fetch":  # the fetch commands live with their parser
         start.add("pipelines.fetch")
     else:

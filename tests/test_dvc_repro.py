@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from pipelines.params import read_yaml
+from test_pipeline_e2e import shrunk_params
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -40,17 +41,7 @@ def project_copy(dest: Path) -> Path:
         if src.is_file():
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / name)
-    raw = read_yaml(ROOT / "params.yaml")
-    raw["base"]["threads"] = 1
-    raw["prepare_faces"].update({"n_identities": 2, "n_azimuth": 3, "n_elevation": 2, "n_light": 2})
-    raw["train"].update({"datasets": ["faces"], "models": ["vhp", "iwae"], "epochs": 2, "batch_size": 8,
-                         "checkpoint_every": 2, "log_every": 1})
-    raw["train"]["model"].update({"hidden": [16], "prior_hidden": [16], "k_inner": 4, "k_iw": 3})
-    raw["evaluate"].update({"ll_samples": 16, "ll_inner_samples": 4, "ll_points": 10, "max_train_points": 100,
-                            "grid_size": 10, "mf_points": 40, "graph_nodes": 40, "graph_k": 4,
-                            "interp_pairs": 2, "line_steps": 10, "segment_steps": 2, "n_frames": 4,
-                            "n_reconstructions": 4, "n_samples": 4})
-    (dest / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    shrunk_params(dest / "params.yaml")
     for args in (["init", "-q"], ["config", "user.email", "t@example.org"], ["config", "user.name", "t"],
                  ["add", "-A"], ["commit", "-qm", "copy"]):
         subprocess.run(["git", *args], cwd=dest, check=True, capture_output=True)

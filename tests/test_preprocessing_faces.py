@@ -179,13 +179,18 @@ def test_prepare_split_by_identity_and_vertices(tmp_path: Path) -> None:
     assert not set(ds.train.labels["identity"][:].tolist()) & set(ds.test.labels["identity"][:].tolist())
 
 
-def test_prepare_from_mesh_folder(tmp_path: Path) -> None:
+def write_mesh_folder(folder: Path, n: int) -> Path:
+    """n scaled copies of a tetrahedron as person<i>.obj (one topology)."""
     v, t = _tetra()
-    folder = tmp_path / "meshes"
     folder.mkdir()
-    for i in range(3):
+    for i in range(n):
         lines = [f"v {a} {b} {c}" for a, b, c in v * (1 + 0.1 * i)] + [f"f {a + 1} {b + 1} {c + 1}" for a, b, c in t]
         (folder / f"person{i}.obj").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def test_prepare_from_mesh_folder(tmp_path: Path) -> None:
+    folder = write_mesh_folder(tmp_path / "meshes", 3)
     params = stage_params(FacesParams, "prepare_faces", source="meshes", mesh_folder=str(folder), n_identities=0, n_azimuth=2, n_elevation=1, n_light=2)
     prepare(params, tmp_path / "m.zarr", progress=False)
     ds = open_dataset(tmp_path / "m.zarr")
