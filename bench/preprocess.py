@@ -38,6 +38,7 @@ sys.path.insert(0, str(REPO))
 
 from preprocessing.acclaim import parse_amc, parse_asf  # noqa: E402
 from preprocessing.embedded import fetch_embedded_mocap  # noqa: E402
+from pipelines.params_file import load_section  # noqa: E402
 from preprocessing.faces import FacesParams, build_identities, render_grid  # noqa: E402
 
 
@@ -118,10 +119,11 @@ def bench_amc(data: Path | None, repeats: int, workdir: Path) -> dict:
 
 def bench_render(data: Path | None, quick: bool) -> dict:
     out = {}
-    sources = {"procedural": FacesParams(source="procedural")}
+    sources = {"procedural": load_section(FacesParams, "prepare_faces", REPO / "params.yaml", source="procedural")}
     model = data / "sfm" / "sfm_shape_3448.bin" if data else None
     if model and model.is_file():
-        sources["sfm"] = FacesParams(source="sfm", model_path=str(model))
+        sources["sfm"] = load_section(FacesParams, "prepare_faces", REPO / "params.yaml", source="sfm",
+                                      model_path=str(model))
     for name, base in sources.items():
         params = FacesParams(**{**base.__dict__, "n_identities": 4 if quick else 8, "n_azimuth": 8, "n_elevation": 5, "n_light": 2})
         ids = build_identities(params)

@@ -60,12 +60,14 @@ def prepare_groups(work: Path, repeat: int) -> tuple[Path, Path]:
     """The 1x group (prepared from the shared CMU files) and the repeat-x group built from it."""
     import numpy as np
 
+    from pipelines.params_file import load_section
     from preprocessing.mocap import MocapParams, prepare
     from preprocessing.store import open_dataset, write_dataset
 
     one, many = work / "cmu_1x.zarr", work / f"cmu_{repeat}x.zarr"
     if not one.exists():
-        params = MocapParams(source=str(cmu_source()), fallback_asf="01/01.asf", frame_step=1)
+        params = load_section(MocapParams, "prepare_mocap", ROOT / "params.yaml", source=str(cmu_source()),
+                              fallback_asf="01/01.asf", frame_step=1, segment_frames=0)
         t0 = time.perf_counter()
         prepare(params, one, progress=False)
         print(f"prepared {one} in {time.perf_counter() - t0:.1f} s")
@@ -90,16 +92,11 @@ def child(data: Path, budget_mb: int, steps: int, batch_size: int, work: Path) -
     """One setting, in this (fresh) process: load, train `steps` steps, report memory and speed."""
     import torch
 
-    from pipelines.params import read_yaml, section
-    from pipelines.train import (
-        TrainParams,
-        constraint_config,
-        fit,
-        load_training_data,
-        model_config,
-        set_determinism,
-        set_threads,
-    )
+    from pipelines.data import load_training_data
+    from pipelines.fit import fit
+    from pipelines.params import TrainParams, read_yaml, section
+    from pipelines.runtime import set_determinism, set_threads
+    from pipelines.train import constraint_config, model_config
     from preprocessing.store import open_dataset
     from vhp_core import build_model
 
@@ -117,7 +114,7 @@ def child(data: Path, budget_mb: int, steps: int, batch_size: int, work: Path) -
     set_determinism(0)
     model = build_model(config)
     ck = work / f"ck-{os.getpid()}.pt"
-    result = fit(model, config, constraint_config(params, "mocap"), train, params, 0, ck, progress=False,
+    result = fit(model, config, constraint_config(params, "mocap", train.n), train, params, 0, ck, progress=False,
                  stop_after_steps=steps)
     ck.unlink(missing_ok=True)
     return {
@@ -140,7 +137,7 @@ def read_speed(data: Path, batch_size: int, n_batches: int, window_chunks: int) 
     import numpy as np
     import torch
 
-    from pipelines.train import TrainingData
+    from pipelines.data import TrainingData
     from preprocessing.store import open_dataset
 
     arr = open_dataset(data, check_values=False).train.x

@@ -132,8 +132,12 @@ def section(cls: type[T], params: dict[str, Any], name: str, path: Path | str = 
     return from_dict(cls, params[name], path, name)
 
 
-def load_section(cls: type[T], name: str, path: Path | str = DEFAULT_PARAMS) -> T:
-    return section(cls, read_yaml(path), name, path)
+def load_section(cls: type[T], name: str, path: Path | str = DEFAULT_PARAMS, **overrides: Any) -> T:
+    """The record of one section of a params file, with some keys replaced (tests, benchmarks)."""
+    data = dict(read_yaml(path).get(name) or {})
+    data.pop("enabled", None)  # prepare_fashion_mnist.enabled: a pipeline switch, not a knob of the stage
+    data.update(overrides)
+    return from_dict(cls, data, path, name)
 
 
 def dotted_keys(data: Any, prefix: str = "") -> set[str]:

@@ -74,12 +74,9 @@ def shared_data_dir() -> Path | None:
 
 def stage_params(cls, section: str, **overrides):
     """A stage's params record from the real params.yaml, with some keys replaced."""
-    from pipelines.params import from_dict, read_yaml
+    from pipelines.params_file import load_section
 
-    raw = dict(read_yaml(REPO_ROOT / "params.yaml")[section])
-    raw.pop("enabled", None)  # a pipeline switch, not a knob of the stage
-    raw.update(overrides)
-    return from_dict(cls, raw, REPO_ROOT / "params.yaml", section)
+    return load_section(cls, section, REPO_ROOT / "params.yaml", **overrides)
 
 
 @pytest.fixture(scope="session")
