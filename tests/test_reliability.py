@@ -155,6 +155,16 @@ def test_training_refuses_a_broken_zarr_group_before_writing_anything(tmp_path, 
     # neither the model folder nor the checkpoint folder (nor its lock or PID file) was created
     assert set(tmp_path.iterdir()) == before
 
+    # the data are checked before the run lock is even tried: with the lock held elsewhere, the
+    # refusal is still about the data
+    from filelock import FileLock
+
+    (tmp_path / "ck-m").mkdir()
+    with FileLock(str(tmp_path / "ck-m" / ".train.lock")):
+        assert main(train_cmd(tmp_path, "m", params)[1:]) == 2
+    err = capsys.readouterr().err
+    assert "toy.zarr" in err and "another training run" not in err
+
 
 def test_a_second_training_of_the_same_model_is_refused_naming_the_first_ones_pid(tmp_path):
     """Two real `vhp train` processes for the same data set and model (the same checkpoint folder)."""
