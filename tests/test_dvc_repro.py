@@ -2,7 +2,8 @@
 
 Checks dvc.yaml's wiring (cmd, deps, outs, params, metrics): the outputs appear where
 the README says, a second `dvc repro` is a no-op, and a change of a `train.*` key
-reruns only the train, evaluate and report stages (never the preprocessing). The
+makes `dvc status` name only the train stages and `dvc repro` rerun only the train,
+evaluate and report stages (never the preprocessing). The
 copy keeps to the faces data set (the procedural stand-in head), so nothing is
 downloaded.
 """
@@ -72,7 +73,8 @@ def test_dvc_repro_runs_the_pipeline_and_reruns_only_what_changed(tmp_path):
     # a second run is a no-op, and DVC's metric shows no difference
     second = run([*dvc, "repro", "report"], project, env)
     assert "Running stage" not in second
-    assert run([*dvc, "status"], project, env).strip().endswith("Data and pipelines are up to date.")
+    assert run([*dvc, "status", "--with-deps", "report"], project, env).strip().endswith(
+        "Data and pipelines are up to date.")
     run(["git", "add", "-A"], project, env)
     run(["git", "commit", "-qm", "first run"], project, env)
 
@@ -80,10 +82,10 @@ def test_dvc_repro_runs_the_pipeline_and_reruns_only_what_changed(tmp_path):
     raw = read_yaml(project / "params.yaml")
     raw["train"]["lr"] = 0.002
     (project / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    status = run([*dvc, "status", "--json"], project, env)
+    status = run([*dvc, "status", "--json", "--with-deps", "report"], project, env)
     changed = set(json.loads(status[status.index("{"):]))
     assert changed == {"train@faces-vhp", "train@faces-iwae"}
-    dry = run([*dvc, "repro", "--dry", "report"], project, env)
-    stages = {line.split("'")[1] for line in dry.splitlines() if line.startswith("Running stage")}
+    rerun = run([*dvc, "repro", "report"], project, env)
+    stages = {line.split("'")[1] for line in rerun.splitlines() if line.startswith("Running stage")}
     assert stages == {"train@faces-vhp", "train@faces-iwae", "evaluate@faces-vhp", "evaluate@faces-iwae",
                       "report"}
