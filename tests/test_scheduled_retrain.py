@@ -109,7 +109,7 @@ def test_served_flow_runs_on_its_schedule(tmp_path):
             procs.append(subprocess.Popen(
                 [str(VENV_BIN / "vhp"), "retrain", "serve", "--project", str(project), "--interval", "5"],
                 env=serve_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
-        deadline = time.monotonic() + 150
+        deadline = time.monotonic() + 300
         done: list[dict] = []
         last_error: Exception | None = None
         registry_file = project / "registry" / "registry.json"
@@ -123,7 +123,8 @@ def test_served_flow_runs_on_its_schedule(tmp_path):
             except OSError as err:
                 last_error = err
                 continue
-        assert done, f"no completed scheduled run within 150 s ({last_error}):\n{serve_log.read_text()[-3000:]}"
+        assert done and registry_file.exists(), (
+            f"no scheduled run recorded a decision within 300 s ({last_error}):\n{serve_log.read_text()[-3000:]}")
         assert done[0]["deployment_id"] == deployment_id(api_url, "vhp-retrain"), \
             "the completed run did not come from the served deployment"
         registry = registry_file.read_text()
