@@ -88,7 +88,9 @@ def write_outputs(result: FitResult, config: ModelConfig, ccfg: ConstraintConfig
         "c_ae": result.state.c_ae,
         "kappa_step": result.state.kappa_step,
         "best_c_hat": result.best_c_hat,
-        "constraint_met": bool(kappa_sq is not None and result.state.c_hat <= kappa_sq),
+        # None where the model has no constraint (iwae, vae, vamp)
+        "constraint_met": None if constraint_rule(config.model) == "none"
+        else bool(kappa_sq is not None and result.state.c_hat <= kappa_sq),
         "prior_active": bool(result.state.prior_active),
         "prior_activation_step": result.prior_activation_step,
         "constraint_warning": constraint_report(result, config.model),
