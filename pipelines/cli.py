@@ -226,17 +226,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="report", help="report folder (default: %(default)s)")
     params_arg(p)
 
-    p = sub.add_parser("retrain", help="retrain when raw data change; promote only a better model",
-                       description="The Prefect `retrain` flow: hash the raw data, rerun the DVC "
-                                   "pipeline when they changed, compare the challenger with the "
-                                   "production model on retrain.metric and promote it only if "
-                                   "better. Every decision is recorded in registry/registry.json.")
+    p = sub.add_parser("retrain", help="retrain when data, code or params change; promote only a better model",
+                       description="The Prefect `retrain` flow: ask DVC what changed (`dvc status`), "
+                                   "rerun the pipeline (`dvc repro`) when something did, compare the "
+                                   "challenger with the production model on retrain.metric and promote "
+                                   "it only if better by retrain.min_improvement. Every decision is "
+                                   "recorded in registry/registry.json.")
     rsub = p.add_subparsers(dest="retrain_command", metavar="action", required=True)
     r = rsub.add_parser("run", help="run the retrain flow once now",
                         description="Run the retrain flow once (ephemeral Prefect API unless "
                                     "PREFECT_API_URL points at a server).")
     r.add_argument("--project", default=".", help="project folder with params.yaml and dvc.yaml")
-    r.add_argument("--force", action="store_true", help="rerun even if the raw data are unchanged")
+    r.add_argument("--force", action="store_true", help="rerun even if DVC reports nothing changed")
     r.set_defaults(func=cmd_retrain_run)
     r = rsub.add_parser("serve", help="serve the retrain flow on a schedule",
                         description="Serve the retrain flow with flow.serve on a cron or interval "

@@ -8,7 +8,7 @@ so that each one can be tested on synthetic cases without a model.
   nodes sampled from the learned prior, a k-nearest-neighbour graph in latent
   space whose edges weigh the data-space distance of the decoded means, and the
   shortest path by Dijkstra's algorithm (scipy.sparse.csgraph).
-- Claims of the paper made measurable (definitions in pipelines/METRICS.md):
+- Claims of the paper made measurable (definitions in the README's Evaluation section):
   kNN classification accuracy in latent space, R^2 of a linear read-out of
   continuous factors, smoothness of latent trajectories of motion trials, and
   the fraction of data lying on high magnification-factor ridges.
