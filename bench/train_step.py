@@ -33,11 +33,21 @@ RESULTS = Path(__file__).resolve().parent / "results" / "train_step.json"
 
 
 def matmul_peak_gflops(dtype: torch.dtype, n: int = 2048, reps: int = 5, rounds: int = 3) -> float:
-    """Best-of-rounds GFLOP/s of an n x n x n matmul in `dtype`."""
-    a = torch.randn(n, n).to(dtype)
-    b = torch.randn(n, n).to(dtype)
-    for _ in range(2):
+    """Best-of-rounds GFLOP/s of an n x n x n matmul in `dtype`.
+
+    n is halved (down to 256) while one matmul takes longer than 0.25 s: a CPU without
+    native bf16 emulates it at well under 1 GFLOP/s, and a 2048^3 product would then take
+    a minute per repetition.
+    """
+    while True:
+        a = torch.randn(n, n).to(dtype)
+        b = torch.randn(n, n).to(dtype)
+        start = time.perf_counter()
         a @ b
+        if time.perf_counter() - start < 0.25 or n <= 256:
+            break
+        n //= 2
+    a @ b
     best = 0.0
     for _ in range(rounds):
         start = time.perf_counter()

@@ -125,7 +125,7 @@ class TrainParams:
         _check(self.lr_schedule in ("constant", "cosine", "step"),
                f"lr_schedule must be constant, cosine or step, got {self.lr_schedule!r}")
         _check(0.0 < self.lr_min_factor <= 1.0, f"lr_min_factor must be in (0, 1], got {self.lr_min_factor}")
-        _check(self.precision in ("fp32", "bf16"), f"precision must be fp32 or bf16, got {self.precision!r}")
+        _check(self.precision in ("auto", "fp32", "bf16"), f"precision must be auto, fp32 or bf16, got {self.precision!r}")
         for model in self.models:
             _check(model in MODEL_NAMES, f"models: unknown model {model!r} (known: {', '.join(MODEL_NAMES)})")
         for name, kappa in self.kappa.items():

@@ -31,6 +31,7 @@ from pipelines.params import AUTO, LEARNED, BaseParams, TrainParams
 from pipelines.errors import ConstraintNotMetError, TrainingError
 from pipelines.runtime import resolve_device, run_lock, set_determinism, set_threads
 from vhp_core import ConstraintConfig, ModelConfig, build_model
+from vhp_core.networks import resolve_precision
 
 
 def model_config(params: TrainParams, dataset: str, model: str, x_shape: tuple[int, ...],
@@ -42,7 +43,7 @@ def model_config(params: TrainParams, dataset: str, model: str, x_shape: tuple[i
         x_shape=tuple(int(s) for s in x_shape),
         likelihood=likelihood,
         network=params.network[dataset],
-        precision=params.precision,
+        precision=resolve_precision(params.precision),
         gaussian_std=1.0 if std == LEARNED else float(std),
         learn_std=std == LEARNED,
         **dataclasses.asdict(params.model),

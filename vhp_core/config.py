@@ -19,7 +19,7 @@ REWO_VARIANTS = ("authors", "earlier")
 LIKELIHOOD_NAMES = ("gaussian", "bernoulli")
 NETWORK_NAMES = ("mlp", "conv")
 ACTIVATION_NAMES = ("tanh", "relu", "elu", "softplus", "leaky_relu", "gelu", "silu", "sigmoid")
-PRECISION_NAMES = ("fp32", "bf16")
+PRECISION_NAMES = ("fp32", "bf16")  # what a model runs in; params also take "auto" (networks.resolve_precision)
 CONV_X_SHAPE = (1, 64, 64)
 
 

@@ -14,10 +14,16 @@ per-row result is accumulated with a running logsumexp in float64. The default c
 keeps a pass's activations (chunk x width floats) within the CPU caches: larger passes
 make the element-wise work (activations, softplus, sums) memory-bound without making
 the matmuls faster.
+
+Fast path (the default): the fp32 MLPs run as `networks.InferenceMLP`, tanh layers as
+one addmm and one in-place sigmoid with the tanh's affine factors folded into the
+weights. It computes the same function; `reference=True` runs the ordinary layers
+instead, and tests/test_core_estimators.py holds the two within 1e-3 nats.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -25,6 +31,7 @@ import torch
 from .bounds import importance_weighted_bound
 from .gaussian import log_normal_from_noise, reparameterise
 from .models import LatentVariableModel
+from .networks import inference_layers
 from .priors import HierarchicalPrior
 
 DEFAULT_CHUNK = 2048
@@ -53,13 +60,15 @@ def log_likelihood(
     n_inner: int | None = None,
     chunk: int = DEFAULT_CHUNK,
     generator: torch.Generator | None = None,
+    reference: bool = False,
 ) -> torch.Tensor:
     """Importance-sampling estimate of log p(x) per row, float64 (B,); x is (B, *x_shape).
 
     n_samples: S samples z_s ~ q(z|x) per data point. n_inner: K_eval zetas per z_s for
     the hierarchical prior (default: the model's k_inner); ignored by exact priors.
     chunk: at most this many latent samples (and, for the hierarchical prior, zeta rows)
-    per pass; bounds memory, not the result.
+    per pass; bounds memory, not the result. reference: run the networks' ordinary
+    layers instead of the fast inference passes (same numbers up to float rounding).
     """
     if n_samples < 1:
         raise ValueError(f"n_samples must be >= 1, got {n_samples}")
@@ -68,10 +77,19 @@ def log_likelihood(
     k_inner = model.config.k_inner if n_inner is None else n_inner
     if k_inner < 1:
         raise ValueError(f"n_inner must be >= 1, got {n_inner}")
+    result = torch.empty(x.shape[0], dtype=torch.float64, device=x.device)
+    with contextlib.nullcontext() if reference else inference_layers(model):
+        _estimate(model, x, n_samples, k_inner, chunk, generator, result)
+    return result
+
+
+def _estimate(
+    model: LatentVariableModel, x: torch.Tensor, n_samples: int, k_inner: int, chunk: int,
+    generator: torch.Generator | None, result: torch.Tensor,
+) -> None:
     batch = x.shape[0]
     rows_per_pass = min(batch, chunk)
     samples_per_pass = max(1, chunk // rows_per_pass)
-    result = torch.empty(batch, dtype=torch.float64, device=x.device)
     for r0 in range(0, batch, rows_per_pass):
         x_rows = x[r0 : r0 + rows_per_pass]
         rows = x_rows.shape[0]
@@ -90,7 +108,6 @@ def log_likelihood(
             log_w = log_px.double() + log_pz - log_q.double()
             running = torch.logaddexp(running, torch.logsumexp(log_w, dim=0))
         result[r0 : r0 + rows] = running - math.log(n_samples)
-    return result
 
 
 __all__ = ["DEFAULT_CHUNK", "importance_weighted_bound", "log_likelihood"]

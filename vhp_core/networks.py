@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 CONV_CHANNELS = (32, 32, 64, 64)  # four stride-2 stages: 64 -> 32 -> 16 -> 8 -> 4
 CONV_OUT_SIDE = 4
@@ -84,6 +85,27 @@ def activation_module(name: str) -> nn.Module:
         raise ValueError(f"activation must be one of {tuple(_ACTIVATIONS)}, got {name!r}") from None
 
 
+def native_bf16() -> bool:
+    """True when this CPU multiplies bf16 matrices natively (AVX-512 BF16 or AMX, as oneDNN reports).
+
+    Without it torch emulates bf16 matmuls, measured 7x slower than fp32 on an AVX2 CPU
+    (BENCHMARKS.md), so autocast would cost time instead of saving it.
+    """
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(precision: str) -> str:
+    """'auto' -> 'bf16' where the CPU has native bf16 matmuls, else 'fp32'; 'fp32'/'bf16' unchanged."""
+    if precision == "auto":
+        return "bf16" if native_bf16() else "fp32"
+    if precision in ("fp32", "bf16"):
+        return precision
+    raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {precision!r}")
+
+
 def network_autocast(precision: str) -> contextlib.AbstractContextManager[None]:
     """The autocast region of the network layers: bf16 on CPU, or nothing for fp32."""
     if precision == "bf16":
@@ -104,14 +126,20 @@ def mlp(sizes: tuple[int, ...], activation: str) -> nn.Sequential:
 
 
 class Network(nn.Module):
-    """A layer stack run in the configured precision; output in the input's dtype."""
+    """A layer stack run in the configured precision; output in the input's dtype.
+
+    Inside `inference_layers(model)` an fp32 MLP runs through its `InferenceMLP` instead.
+    """
 
     def __init__(self, body: nn.Module, precision: str = "fp32") -> None:
         super().__init__()
         self.body = body
         self.precision = precision
+        self.inference: InferenceMLP | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.inference is not None:
+            return self.inference(x)
         with network_autocast(self.precision):
             out = self.body(x)
         return out.to(x.dtype)
@@ -194,3 +222,88 @@ def conv_decoder(latent_dim: int, hidden: tuple[int, ...], activation: str, prec
             layers.append(activation_module(activation))
     layers.append(_FlattenImage(3))
     return Network(nn.Sequential(*layers), precision)
+
+
+class InferenceMLP:
+    """A no-grad forward pass of an fp32 MLP body with tanh layers computed as sigmoids.
+
+    tanh(a) = 2 sigmoid(2a) - 1, and the affine map 2s - 1 folds into the next linear
+    layer: W(2s - 1) + b = (2W) s + (b - W 1). With the factors folded into copies of the
+    weights, each hidden layer is one addmm and one in-place sigmoid (one pass over the
+    activations, where the autograd-ready `Tanh` makes four). The same function as the
+    layers up to float rounding (about 1e-6 relative per layer); estimators compare it
+    with the reference path. Other activations run in place where torch has an in-place
+    form (relu_), else out of place. Built from the current parameters: rebuild after
+    an optimiser step.
+    """
+
+    def __init__(self, layers: list[tuple[torch.Tensor, torch.Tensor, nn.Module | None]], flatten: int) -> None:
+        self.flatten = flatten
+        self.layers: list[tuple[torch.Tensor, torch.Tensor, str | nn.Module | None]] = []
+        scale, shift = 1.0, 0.0  # the layer's true input is scale * s + shift, s what we compute
+        with torch.no_grad():
+            for weight, bias, activation in layers:
+                w = weight * scale
+                b = bias + shift * weight.sum(dim=1) if shift else bias.clone()
+                if isinstance(activation, Tanh):
+                    self.layers.append((2.0 * w, 2.0 * b, "sigmoid"))
+                    scale, shift = 2.0, -1.0
+                else:
+                    self.layers.append((w, b, activation))
+                    scale, shift = 1.0, 0.0
+
+    @classmethod
+    def of(cls, network: Network) -> InferenceMLP | None:
+        """The inference pass of `network`, or None unless it is an fp32 stack of Linear layers and activations."""
+        if network.precision != "fp32":
+            return None
+        modules = [m for m in getattr(network.body, "_orig_mod", network.body).modules() if not isinstance(m, nn.Sequential)]
+        flatten = 0
+        if modules and isinstance(modules[0], _FlattenImage):
+            flatten = modules.pop(0).n_image_dims
+        layers: list[tuple[torch.Tensor, torch.Tensor, nn.Module | None]] = []
+        for module in modules:
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                layers.append((module.weight.detach(), module.bias.detach(), None))
+            elif layers and layers[-1][2] is None and type(module) in _INFERENCE_ACTIVATIONS:
+                layers[-1] = (*layers[-1][:2], module)
+            else:
+                return None
+        if not layers or layers[-1][2] is not None:
+            return None
+        return cls(layers, flatten)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.flatten:
+            x = x.flatten(start_dim=x.dim() - self.flatten)
+        lead = x.shape[:-1]
+        h = x.reshape(-1, x.shape[-1])
+        for weight, bias, activation in self.layers:
+            h = F.linear(h, weight, bias)
+            if activation == "sigmoid":
+                h.sigmoid_()
+            elif isinstance(activation, nn.ReLU):
+                h.relu_()
+            elif activation is not None:
+                h = activation(h)
+        return h.reshape(*lead, h.shape[-1])
+
+
+_INFERENCE_ACTIVATIONS = (Tanh, nn.ReLU, nn.ELU, nn.Softplus, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Sigmoid)
+
+
+@contextlib.contextmanager
+def inference_layers(model: nn.Module) -> Iterator[None]:
+    """Within the block, every fp32 MLP `Network` of `model` runs its `InferenceMLP` (no autograd).
+
+    Conv and bf16 networks keep their ordinary forward. The passes are built on entry
+    from the parameters as they are then, and dropped on exit.
+    """
+    networks = [m for m in model.modules() if isinstance(m, Network)]
+    try:
+        for network in networks:
+            network.inference = InferenceMLP.of(network)
+        yield
+    finally:
+        for network in networks:
+            network.inference = None
