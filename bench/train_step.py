@@ -36,8 +36,8 @@ def matmul_peak_gflops(dtype: torch.dtype, n: int = 2048, reps: int = 5, rounds:
     """Best-of-rounds GFLOP/s of an n x n x n matmul in `dtype`.
 
     n is halved (down to 256) while one matmul takes longer than 0.25 s: a CPU without
-    native bf16 emulates it at well under 1 GFLOP/s, and a 2048^3 product would then take
-    a minute per repetition.
+    native bf16 emulates it at about 1 GFLOP/s, where one 2048^3 product takes over 10 s
+    and a peak measurement several minutes.
     """
     while True:
         a = torch.randn(n, n).to(dtype)
