@@ -856,14 +856,14 @@ def _rate(rows: dict, key: str) -> float | None:
     return row.get("training", {}).get("samples_per_s_median")
 
 
+def _values(rows: dict, key: str, field: str = "ll_subset") -> list[float] | None:
+    """The per-point log-likelihoods of one row's evaluation `field`, if it ran."""
+    return (rows.get(key, {}).get(field) or {}).get("values")
+
+
 def _paired(rows: dict, a: str, b: str) -> dict[str, float] | None:
-    """Mean and standard error of the per-point difference a - b on the shared subset."""
-    va = rows.get(a, {}).get("ll_subset", {}).get("values")
-    vb = rows.get(b, {}).get("ll_subset", {}).get("values")
-    if not va or not vb or len(va) != len(vb):
-        return None
-    d = np.asarray(va) - np.asarray(vb)
-    return {"mean": float(d.mean()), "sem": float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else None}
+    """The per-point difference a - b on the shared subset (see `_difference`)."""
+    return _difference(_values(rows, a), _values(rows, b))
 
 
 def _round_ratio(rows: dict, a: str, b: str, cpu: bool = False) -> float | None:
@@ -893,9 +893,8 @@ def _gflops(row: dict[str, Any], peaks: dict[str, float]) -> dict[str, float | N
     own = peaks.get(row["run"]["precision"])
     train_rate = row.get("training", {}).get("samples_per_s_median")
     eval_rate = (row.get("ll_subset") or {}).get("points_per_s")
-    out: dict[str, float | None] = {"train_gflops": None, "train_fraction": None, "eval_gflops": None, "eval_fraction": None}
-    if row["run"]["precision"] != "fp32":
-        out.update(train_fraction_own_peak=None, eval_fraction_own_peak=None)
+    out: dict[str, float | None] = dict.fromkeys(
+        ("train_gflops", "train_fraction", "train_fraction_own_peak", "eval_gflops", "eval_fraction", "eval_fraction_own_peak"))
     if setup.get("train_flops_per_sample") and train_rate:
         out["train_gflops"] = setup["train_flops_per_sample"] * train_rate / 1e9
         out["train_fraction"] = out["train_gflops"] / peak if peak else None
@@ -908,6 +907,7 @@ def _gflops(row: dict[str, Any], peaks: dict[str, float]) -> dict[str, float | N
 
 
 def _difference(a: list[float] | None, b: list[float] | None) -> dict[str, float] | None:
+    """Mean, standard error, mean and max absolute value of the per-point difference a - b."""
     if not a or not b or len(a) != len(b):
         return None
     d = np.asarray(a) - np.asarray(b)
@@ -951,19 +951,17 @@ def compare(results: dict[str, Any]) -> dict[str, Any]:
     for key, row in rows.items():
         if row.get("ll_full"):
             out["full_test_minutes"][key] = {"minutes": row["ll_full"]["wall_s"] / 60.0, "points": row["ll_full"]["n"]}
-        ref = _difference((row.get("ll_subset") or {}).get("values"), (row.get("ll_subset_reference") or {}).get("values"))
+        ref = _difference(_values(rows, key), _values(rows, key, "ll_subset_reference"))
         if ref:
             out["same_numbers"][f"{row_label(row['run'])}: fast - reference path (same draws)"] = ref
         if "setup" in row:
             out["gflops"][key] = _gflops(row, peaks)
     for model in ("vae", "vhp"):
-        d = _difference((rows.get(f"ours/{model}/loop/bf16", {}).get("ll_subset") or {}).get("values"),
-                        (rows.get(f"ours/{model}/loop/fp32", {}).get("ll_subset") or {}).get("values"))
+        d = _paired(rows, f"ours/{model}/loop/bf16", f"ours/{model}/loop/fp32")
         if d:
             out["same_numbers"][f"ours {model}: bf16 - fp32 model (trained apart, same draws)"] = d
     for model in ("vae", "iwae"):
-        d = _difference((rows.get(f"ours/{model}/loop/fp32/compiled", {}).get("ll_subset") or {}).get("values"),
-                        (rows.get(f"ours/{model}/loop/fp32", {}).get("ll_subset") or {}).get("values"))
+        d = _paired(rows, f"ours/{model}/loop/fp32/compiled", f"ours/{model}/loop/fp32")
         if d:
             out["same_numbers"][f"ours {model}: compiled - eager model (trained apart, same draws)"] = d
     for model in ("vamp", "iwae", "vae"):

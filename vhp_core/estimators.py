@@ -18,7 +18,7 @@ the matmuls faster.
 Fast path (the default): the fp32 MLPs run as `networks.InferenceMLP`, tanh layers as
 one addmm and one in-place sigmoid with the tanh's affine factors folded into the
 weights. It computes the same function; `reference=True` runs the ordinary layers
-instead, and tests/test_core_estimators.py holds the two within 1e-3 nats.
+instead, and tests/test_core_fast_paths.py holds the two within 1e-3 nats.
 """
 
 from __future__ import annotations

@@ -265,7 +265,7 @@ class InferenceMLP:
         for module in modules:
             if isinstance(module, nn.Linear) and module.bias is not None:
                 layers.append((module.weight.detach(), module.bias.detach(), None))
-            elif layers and layers[-1][2] is None and type(module) in _INFERENCE_ACTIVATIONS:
+            elif layers and layers[-1][2] is None and type(module) in _ACTIVATIONS.values():
                 layers[-1] = (*layers[-1][:2], module)
             else:
                 return None
@@ -287,9 +287,6 @@ class InferenceMLP:
             elif activation is not None:
                 h = activation(h)
         return h.reshape(*lead, h.shape[-1])
-
-
-_INFERENCE_ACTIVATIONS = (Tanh, nn.ReLU, nn.ELU, nn.Softplus, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Sigmoid)
 
 
 @contextlib.contextmanager
