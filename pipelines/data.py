@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -31,7 +32,28 @@ class TrainingData:
     data_id: str
     streamed: bool = False
     window_rows: int = 0       # streamed only: rows read at once (whole chunks)
+    pin: bool = False          # streamed only: batches come in pinned memory (asynchronous copy to a GPU)
     _windows: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
+
+    @property
+    def device(self) -> torch.device:
+        """Where batches are made: the in-memory tensor's device; the CPU for streamed data."""
+        return self.x.device if isinstance(self.x, torch.Tensor) else torch.device("cpu")
+
+    def on_device(self, device: torch.device | str) -> TrainingData:
+        """The data as a run on ``device`` reads them.
+
+        On a GPU, in-memory data (those within ``train.memory_budget_mb``) move there once,
+        so a step copies nothing from the host and the dynamic binarisation draws on the
+        device; streamed data stay on the host and hand out batches in pinned memory,
+        which the training loop copies asynchronously. Elsewhere the data are unchanged.
+        """
+        device = torch.device(device)
+        if device.type != "cuda":
+            return self
+        if self.streamed:
+            return dataclasses.replace(self, pin=True)
+        return dataclasses.replace(self, x=self.x.to(device))
 
     def epoch_permutation(self, gen: torch.Generator) -> torch.Tensor:
         if not self.streamed or self.window_rows <= 0:
@@ -67,6 +89,8 @@ class TrainingData:
         if self.binarise:
             # dynamic binarisation: a fresh Bernoulli draw every time a batch is seen
             xb = torch.bernoulli(xb)
+        if self.pin:
+            xb = xb.pin_memory()
         return xb
 
 

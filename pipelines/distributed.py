@@ -21,12 +21,19 @@ Every process (rank) runs the same ``pipelines.train.train_one`` -> ``fit`` ->
 - ``reduce``: one all-reduce of the step's statistics (C, the reported terms and
   the non-finite flag), so the REWO/GECO state takes the same value on every rank
   and a non-finite batch anywhere skips the step everywhere.
+- ``finish``: after the last step, on every rank, one broadcast and one all-reduce:
+  the ranks check that they hold rank 0's weights and lambda, and agree whether the
+  run is refused (``train.require_constraint``). A refusal is raised on every rank
+  together, each ending with the same one-line error (exit status 2), so no rank is
+  left waiting in a collective.
 
-Rank 0 writes the resumption checkpoint and the outputs of ``vhp train``; every
-rank resumes from the same checkpoint after an interruption.
+Rank 0 writes the resumption checkpoint and the outputs of ``vhp train`` after the
+last collective; the other ranks exit without waiting for it. Every rank resumes
+from the same checkpoint after an interruption.
 
 Backends: gloo on CPU, nccl when base.device resolves to CUDA (one GPU a process,
-cuda:LOCAL_RANK). Based on the PyTorch DDP and torchrun documentation.
+cuda:LOCAL_RANK; the data of each rank live on its GPU, the collectives run on the
+parameters' device). Based on the PyTorch DDP and torchrun documentation.
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from pipelines.data import TrainingData
+from pipelines.errors import TrainingError, user_errors
 from pipelines.fit import StepHooks
 from vhp_core import MODEL_NAMES, ConstraintState, ObjectiveParts
 
@@ -113,7 +121,8 @@ def data_parallel_hooks(model: nn.Module, data: TrainingData, world: World, seed
                         device: torch.device) -> StepHooks:
     """The StepHooks that make ``fit`` data-parallel for this rank."""
     binarise = data.binarise
-    rows_of = dataclasses.replace(data, binarise=False)  # binarised per shard below
+    # binarised per shard below; on a GPU the rows live there (no host copy a step)
+    rows_of = dataclasses.replace(data.on_device(device), binarise=False)
     objective: nn.Module = ShardedObjective(model)
     if world.distributed:
         device_ids = [device.index] if device.type == "cuda" else None
@@ -138,22 +147,34 @@ def data_parallel_hooks(model: nn.Module, data: TrainingData, world: World, seed
             stats = stats / world.world_size
         return stats
 
-    return StepHooks(batch=batch, forward=objective, reduce=reduce, main=world.rank == 0)
+    def finish(model: nn.Module, state: ConstraintState, refuse: bool) -> bool:
+        return finish_together(model, state, refuse, world)
+
+    return StepHooks(batch=batch, forward=objective, reduce=reduce, main=world.rank == 0, finish=finish)
 
 
-def check_lock_step(model: nn.Module, state: ConstraintState, world: World) -> None:
-    """Raise unless every rank holds the same weights and lambda as rank 0 (bitwise)."""
+def finish_together(model: nn.Module, state: ConstraintState, refuse: bool, world: World) -> bool:
+    """On every rank after the last step: True when any rank refuses the run.
+
+    Raises TrainingError on every rank unless all hold the same weights and lambda as
+    rank 0 (bitwise). Two collectives on the parameters' device (a broadcast, then one
+    all-reduce of the mismatch and refusal flags), which every rank reaches before
+    anything else can fail, so no rank waits for one that has left.
+    """
     if not world.distributed:
-        return
+        return refuse
+    device = next(model.parameters()).device
     flat = torch.cat([p.detach().reshape(-1).double() for p in model.parameters()]
-                     + [torch.tensor([state.lambda_, state.c_hat], dtype=torch.float64,
-                                     device=next(model.parameters()).device)])
+                     + [torch.tensor([state.lambda_, state.c_hat], dtype=torch.float64, device=device)])
     reference = flat.clone()
     dist.broadcast(reference, src=0)
-    mismatch = torch.tensor([float(not torch.equal(reference, flat))], dtype=torch.float64, device=flat.device)
-    dist.all_reduce(mismatch, op=dist.ReduceOp.SUM)
-    if mismatch.item() > 0:
-        raise RuntimeError(f"{int(mismatch.item())} rank(s) diverged from rank 0 after training")
+    flags = torch.tensor([float(not torch.equal(reference, flat)), float(refuse)], dtype=torch.float64,
+                         device=device)
+    dist.all_reduce(flags, op=dist.ReduceOp.SUM)
+    mismatched, refusing = (int(v) for v in flags.tolist())
+    if mismatched:
+        raise TrainingError(f"{mismatched} rank(s) diverged from rank 0 after training")
+    return refusing > 0
 
 
 def world_from_env(n_shards: int | None) -> World:
@@ -218,14 +239,16 @@ def main(argv: list[str] | None = None) -> int:
         result, metrics = train_one(name, model_name, Path(args.data), Path(args.out),
                                     checkpoints / "checkpoint.pt", params, base.seed, str(device),
                                     progress=args.progress, hooks=hooks)
-        check_lock_step(result.model, result.state, world)
         if metrics is not None:
             (checkpoints / "checkpoint.pt").unlink(missing_ok=True)
             print(f"{model_name} on {name}: {result.step} steps on {world.world_size} process(es), "
                   f"{world.n_shards} shard(s) a batch, lambda {metrics['final_lambda']:.4g}, "
                   f"{result.seconds:.1f} s; wrote {args.out}")
-        if world.distributed:
-            dist.barrier()
+    except user_errors() as err:
+        # every rank that meets it says so in the same one line (a refusal is decided together)
+        print(f"vhp distributed: error: {str(err).splitlines()[0] if str(err) else type(err).__name__}",
+              file=sys.stderr)
+        return 2
     finally:
         if world.distributed:
             dist.destroy_process_group()

@@ -38,6 +38,7 @@ from pipelines.errors import EvaluationError
 from pipelines.params import EvaluateParams
 from vhp_core import HierarchicalPrior, log_likelihood
 from vhp_core.geometry import magnification_factor
+from vhp_core.networks import evaluation_precision, set_precision
 
 # Label drawn as colour on the latent map, in order of preference (mocap, faces, image data).
 COLOUR_LABELS = ("motion", "azimuth", "label", "identity")
@@ -316,6 +317,11 @@ def evaluate_model(
     model_dir, data_path, out_dir = Path(model_dir), Path(data_path), Path(out_dir)
     model, payload = load_model(model_dir / "model.pt")
     model.eval()
+    # The precision of the device evaluating (the CPU here), not of the one that trained:
+    # a bf16 model from a GPU runs fp32 on a CPU without native bf16 matmuls.
+    eval_device = next(model.parameters()).device
+    eval_precision = evaluation_precision(model.config.precision, eval_device)
+    set_precision(model, eval_precision)
     dataset = open_dataset(data_path)
     config = model.config
     if tuple(config.x_shape) != tuple(dataset.x_shape):
@@ -342,7 +348,9 @@ def evaluate_model(
     try:
         x_test = test_inputs(dataset)
         metrics: dict[str, Any] = {"dataset": name, "model": config.model, "stand_in_data": stand_in,
-                                   "data_source": source}
+                                   "data_source": source, "eval_device": eval_device.type,
+                                   "eval_precision": eval_precision, "trained_precision": config.precision,
+                                   "trained_device": str(payload.get("device", "cpu"))}
         metrics.update(_test_set_numbers(model, payload, x_test, params, rng, generator, progress))
         done("log-likelihood")
         mu_test = encode_means(model, x_test, params.batch_size)

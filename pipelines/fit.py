@@ -29,7 +29,8 @@ from typing import Any, Callable, Iterator
 import torch
 from tqdm.auto import tqdm
 
-from pipelines.checkpoint import CheckpointError, atomic_torch_save, config_to_dict, load_payload
+from pipelines.checkpoint import (CheckpointError, atomic_torch_save, config_to_dict, load_payload,
+                                 restore_rng_states, rng_states)
 from pipelines.data import TrainingData
 from pipelines.params import TrainParams
 from pipelines.errors import NonFiniteTrainingError, TrainingError
@@ -80,13 +81,16 @@ class StepHooks:
     global batch ``idx`` and the noise generator(s) it draws from (``attempt``
     counts the batches tried, skipped ones included, so noise is reproducible).
     forward and reduce are handed to ``vhp_core.train_step``. ``main`` is the
-    process that writes checkpoints and shows progress.
+    process that writes checkpoints and shows progress. finish(model, state, refuse)
+    runs on every process once the last step is done and returns whether any process
+    refuses the run (data-parallel: a collective that also checks the processes agree).
     """
 
     batch: Callable[[TrainingData, torch.Tensor, int], tuple[Any, Any]] | None = None
     forward: Callable[..., Any] | None = None
     reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
     main: bool = True
+    finish: Callable[[torch.nn.Module, ConstraintState, bool], bool] | None = None
 
 
 @dataclass
@@ -122,7 +126,8 @@ class _Progress:
     epoch_sums: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
-def _save(path: Path, model, optimiser, config, ccfg, fp: str, gen: torch.Generator, p: _Progress) -> None:
+def _save(path: Path, model, optimiser, config, ccfg, fp: str, gen: torch.Generator, p: _Progress,
+          device: torch.device) -> None:
     atomic_torch_save(path, {
         "format": 2,
         "config": config_to_dict(config),
@@ -132,7 +137,7 @@ def _save(path: Path, model, optimiser, config, ccfg, fp: str, gen: torch.Genera
         "constraint_state": dataclasses.asdict(p.state),
         "step": p.step, "epoch": p.epoch, "batch_index": p.batch_index, "attempts": p.attempts,
         "perm": p.perm,
-        "torch_rng": torch.get_rng_state(),
+        **rng_states(device),  # the CPU generator, and the CUDA ones when training there
         "shuffle_rng": gen.get_state(),
         "curves": p.curves,
         "fingerprint": fp,
@@ -156,7 +161,10 @@ def _resume(path: Path, fp: str, model, optimiser, gen: torch.Generator, device)
     model.load_state_dict(ck["state_dict"])
     model.to(device)
     optimiser.load_state_dict(ck["optimiser"])
-    torch.set_rng_state(ck["torch_rng"])
+    try:
+        restore_rng_states(ck, device)
+    except CheckpointError as err:
+        raise TrainingError(f"{path}: {err}") from err
     gen.set_state(ck["shuffle_rng"])
     return _Progress(
         state=ConstraintState(**ck["constraint_state"]),
@@ -207,6 +215,7 @@ def fit(
     fp = fingerprint(config, ccfg, params, seed, data.data_id)
     device = torch.device(device)
     model.to(device)
+    data = data.on_device(device)  # on a GPU: small sets live there, streamed batches come pinned
     # fused: one kernel for the whole update (Adam is a quarter of a small step on CPU)
     optimiser = torch.optim.Adam(model.parameters(), lr=params.lr, fused=True)
     gen = torch.Generator().manual_seed(seed)
@@ -227,7 +236,8 @@ def fit(
             if p.batch_index == 0 or p.perm is None:
                 p.perm = data.epoch_permutation(gen)
                 p.epoch_sums = {}
-            for b, idx in iterate_batches(p.perm, params.batch_size, p.batch_index):
+            order = p.perm.to(data.device)  # indices where the rows are: no host copy a step
+            for b, idx in iterate_batches(order, params.batch_size, p.batch_index):
                 lr = learning_rate(p.step, steps, params)
                 for group in optimiser.param_groups:
                     group["lr"] = lr
@@ -271,7 +281,7 @@ def fit(
                 if on_progress is not None and hooks.main and p.step % max(1, steps // 100) == 0:
                     on_progress(p.step, steps, p.state)
                 if p.step % params.checkpoint_every == 0 and hooks.main:
-                    _save(checkpoint_path, model, optimiser, config, ccfg, fp, gen, p)
+                    _save(checkpoint_path, model, optimiser, config, ccfg, fp, gen, p, device)
                 if stop_after_steps is not None and p.step >= stop_after_steps:
                     raise _Interrupted()
             p.epoch += 1

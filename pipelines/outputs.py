@@ -70,8 +70,12 @@ def curves_tsv(curves: list[list[float]]) -> str:
 
 def write_outputs(result: FitResult, config: ModelConfig, ccfg: ConstraintConfig,
                   params: TrainParams, seed: int, out_dir: Path, test: dict[str, float],
-                  dataset_name: str) -> dict[str, Any]:
-    """model.pt, metrics.json, curves.tsv, curves.png and timing.json, each atomically."""
+                  dataset_name: str, device: str = "cpu") -> dict[str, Any]:
+    """model.pt, metrics.json, curves.tsv, curves.png and timing.json, each atomically.
+
+    ``device`` is the kind of device the model trained on ('cpu', 'cuda'); it and the
+    resolved precision go into metrics.json and model.pt.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     kappa_sq = result.state.kappa_sq
@@ -80,6 +84,8 @@ def write_outputs(result: FitResult, config: ModelConfig, ccfg: ConstraintConfig
         "model": config.model,
         "steps": result.step,
         "epochs": result.epochs,
+        "device": device,
+        "precision": config.precision,
         "final_lambda": result.state.lambda_,
         "final_c_hat": result.state.c_hat,
         "kappa_mode": "auto" if ccfg.kappa is None else "fixed",
@@ -107,6 +113,7 @@ def write_outputs(result: FitResult, config: ModelConfig, ccfg: ConstraintConfig
         "train_params": json.loads(json.dumps(dataclasses.asdict(params), default=list)),
         "seed": seed,
         "dataset": dataset_name,
+        "device": device,
     }
     atomic_torch_save(out_dir / "model.pt", payload)
     atomic_write_text(out_dir / "curves.tsv", curves_tsv(result.curves))

@@ -11,15 +11,22 @@ import torch
 from filelock import FileLock, Timeout
 
 from pipelines.errors import RunLockedError, TrainingError
+from vhp_core.networks import apply_tf32_policy
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto``: CUDA when available, else CPU; ``cuda`` fails clearly without a GPU."""
+    """``auto``: CUDA when available, else CPU; ``cuda`` fails clearly without a GPU.
+
+    On CUDA the TF32 policy of ``vhp_core.networks`` is applied (fp32 stays IEEE fp32).
+    """
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise TrainingError("base.device is 'cuda' but no CUDA device is available")
-    return torch.device(name)
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise TrainingError("base.device is 'cuda' but no CUDA device is available")
+        apply_tf32_policy()
+    return device
 
 
 def set_threads(threads: int) -> int:
@@ -29,7 +36,12 @@ def set_threads(threads: int) -> int:
 
 
 def set_determinism(seed: int) -> None:
-    """Same seed and params -> same weights (CPU kernels in deterministic mode)."""
+    """Same seed and params -> same weights (deterministic kernels; seeds every device's generator).
+
+    cuBLAS is deterministic only with a fixed workspace, which must be set before its first
+    use: CUBLAS_WORKSPACE_CONFIG is set here unless the environment already chose one.
+    """
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
 

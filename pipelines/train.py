@@ -35,15 +35,18 @@ from vhp_core.networks import resolve_precision
 
 
 def model_config(params: TrainParams, dataset: str, model: str, x_shape: tuple[int, ...],
-                 likelihood: str) -> ModelConfig:
-    """The frozen model config for one (data set, model) cell of the train matrix."""
+                 likelihood: str, device: torch.device | str = "cpu") -> ModelConfig:
+    """The frozen model config for one (data set, model) cell of the train matrix.
+
+    ``train.precision: auto`` resolves for ``device``: bf16 where it multiplies bf16 natively.
+    """
     std = params.gaussian_std[dataset]
     return ModelConfig(
         model=model,
         x_shape=tuple(int(s) for s in x_shape),
         likelihood=likelihood,
         network=params.network[dataset],
-        precision=resolve_precision(params.precision),
+        precision=resolve_precision(params.precision, device),
         gaussian_std=1.0 if std == LEARNED else float(std),
         learn_std=std == LEARNED,
         **dataclasses.asdict(params.model),
@@ -92,27 +95,35 @@ def train_one(
     ``hooks(model, data)`` gives the StepHooks of data-parallel training (one process without it).
 
     Raises ConstraintNotMetError, before writing anything, when ``train.require_constraint``
-    is set and the prior never trained.
+    is set and the prior never trained: on every process of a data-parallel run together
+    (``StepHooks.finish`` decides it collectively).
     """
     dataset, data = open_training_set(data_path, params)
-    config = model_config(params, dataset_name, model_name, dataset.x_shape, dataset.likelihood)
+    device_ = resolve_device(device)
+    config = model_config(params, dataset_name, model_name, dataset.x_shape, dataset.likelihood, device_)
     ccfg = constraint_config(params, dataset_name, data.n)
     set_determinism(seed)
     model = build_model(config)
-    device_ = resolve_device(device)
     model.to(device_)
     step_hooks = StepHooks() if hooks is None else hooks(model, data)
     result = fit(model, config, ccfg, data, params, seed, Path(checkpoint_path), progress=progress,
                  stop_after_steps=stop_after_steps, device=device_, hooks=step_hooks, on_progress=on_progress)
-    if not step_hooks.main or stop_after_steps is not None and result.step < total_steps(data.n, params):
+    if stop_after_steps is not None and result.step < total_steps(data.n, params):
         return result, None
+    # Every process decides, and data-parallel ones decide together, before any writes:
+    # no process is left waiting in a collective that another one has left.
     warning = constraint_report(result, model_name)
-    if warning and params.require_constraint:
-        raise ConstraintNotMetError(f"{model_name} on {dataset_name}: {warning} "
+    refuse = bool(warning and params.require_constraint)
+    if step_hooks.finish is not None:
+        refuse = step_hooks.finish(result.model, result.state, refuse)
+    if refuse:
+        raise ConstraintNotMetError(f"{model_name} on {dataset_name}: {warning or 'the constraint was never met'} "
                                     "(train.require_constraint is true; nothing written)")
-    result.model.to("cpu")
-    terms = test_terms(result.model, dataset, seed)
-    metrics = write_outputs(result, config, ccfg, params, seed, Path(out_dir), terms, dataset_name)
+    if not step_hooks.main:
+        return result, None
+    terms = test_terms(result.model, dataset, seed)  # on the training device, in the training precision
+    metrics = write_outputs(result, config, ccfg, params, seed, Path(out_dir), terms, dataset_name,
+                            device=device_.type)
     return result, metrics
 
 

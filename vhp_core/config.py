@@ -60,7 +60,7 @@ class ModelConfig:
     hierarchical prior's p_Theta(z|zeta) and q_Phi(zeta|z); () makes both
     linear-Gaussian. k_inner: K zeta samples in the bound F during training. k_iw: samples of z
     in the outer importance-weighted bound ('iwae', 'vhp-iw').
-    precision: 'bf16' runs the network layers under CPU autocast; densities,
+    precision: 'bf16' runs the network layers under autocast on the data's device; densities,
     likelihood sums and logsumexp stay in the parameters' dtype.
     """
 

@@ -11,9 +11,13 @@ Vectorised over samples and data points: a pass evaluates up to `chunk` latent s
 (samples x rows) through the decoder at once, and the hierarchical prior sees at most
 `chunk` zeta rows at once, so memory is bounded independently of S, K_eval and B. The
 per-row result is accumulated with a running logsumexp in float64. The default chunk
-keeps a pass's activations (chunk x width floats) within the CPU caches: larger passes
-make the element-wise work (activations, softplus, sums) memory-bound without making
-the matmuls faster.
+depends on the device (`default_chunk`): on the CPU it keeps a pass's activations
+(chunk x width floats) within the caches, where larger passes make the element-wise work
+(activations, softplus, sums) memory-bound without making the matmuls faster; on a GPU
+a pass is as large as a quarter of the free device memory allows (at most
+`GPU_MAX_CHUNK` rows), so kernel launches are few and memory still bounded. With the
+same chunk, a CPU generator gives the same draws on a GPU (`gaussian.standard_normal`),
+so the CPU and GPU estimates agree up to float rounding (tests/test_gpu.py).
 
 Fast path (the default): the fp32 MLPs run as `networks.InferenceMLP`, tanh layers as
 one addmm and one in-place sigmoid with the tanh's affine factors folded into the
@@ -29,12 +33,29 @@ import math
 import torch
 
 from .bounds import importance_weighted_bound
-from .gaussian import log_normal_from_noise, reparameterise
+from .gaussian import log_normal_from_noise, reparameterise, standard_normal
 from .models import LatentVariableModel
 from .networks import inference_layers
 from .priors import HierarchicalPrior
 
-DEFAULT_CHUNK = 2048
+DEFAULT_CHUNK = 2048  # latent samples a pass on the CPU
+GPU_MAX_CHUNK = 2**18  # latent samples a pass on a GPU, at most
+
+
+def default_chunk(model: LatentVariableModel, device: torch.device | str) -> int:
+    """Latent samples per pass on `device`: DEFAULT_CHUNK on the CPU; on a GPU as many as fit
+    a quarter of its free memory (the bytes of a row estimated from the model's widths), between
+    DEFAULT_CHUNK and GPU_MAX_CHUNK."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return DEFAULT_CHUNK
+    config = model.config
+    widths = 2 * sum(config.hidden) + 6 * config.data_dim + 8 * config.latent_dim
+    if isinstance(model.prior, HierarchicalPrior):
+        widths = max(widths, 2 * sum(config.prior_hidden) + 8 * (config.latent_dim + config.zeta_dim))
+    free, _ = torch.cuda.mem_get_info(device)
+    rows = (free // 4) // (4 * widths)
+    return int(max(DEFAULT_CHUNK, min(GPU_MAX_CHUNK, rows)))
 
 
 def _log_prior(
@@ -58,7 +79,7 @@ def log_likelihood(
     x: torch.Tensor,
     n_samples: int,
     n_inner: int | None = None,
-    chunk: int = DEFAULT_CHUNK,
+    chunk: int | None = None,
     generator: torch.Generator | None = None,
     reference: bool = False,
 ) -> torch.Tensor:
@@ -67,11 +88,15 @@ def log_likelihood(
     n_samples: S samples z_s ~ q(z|x) per data point. n_inner: K_eval zetas per z_s for
     the hierarchical prior (default: the model's k_inner); ignored by exact priors.
     chunk: at most this many latent samples (and, for the hierarchical prior, zeta rows)
-    per pass; bounds memory, not the result. reference: run the networks' ordinary
-    layers instead of the fast inference passes (same numbers up to float rounding).
+    per pass; bounds memory, not the result (default: `default_chunk` of x's device).
+    generator: on x's device, or a CPU generator (the draws are then made on the CPU and
+    copied, the same on every device). reference: run the networks' ordinary layers
+    instead of the fast inference passes (same numbers up to float rounding).
     """
     if n_samples < 1:
         raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+    if chunk is None:
+        chunk = default_chunk(model, x.device)
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
     k_inner = model.config.k_inner if n_inner is None else n_inner
@@ -98,7 +123,7 @@ def _estimate(
         running = torch.full((rows,), -math.inf, dtype=torch.float64, device=x.device)
         for s0 in range(0, n_samples, samples_per_pass):
             s = min(samples_per_pass, n_samples - s0)
-            eps = torch.randn((s, *mu.shape), generator=generator, dtype=mu.dtype, device=mu.device)
+            eps = standard_normal((s, *mu.shape), generator, mu.dtype, mu.device)
             z = reparameterise(mu, logvar, eps)  # (s, rows, latent)
             log_q = log_normal_from_noise(eps, logvar)  # (s, rows)
             z_flat = z.reshape(s * rows, -1)
@@ -110,4 +135,4 @@ def _estimate(
         result[r0 : r0 + rows] = running - math.log(n_samples)
 
 
-__all__ = ["DEFAULT_CHUNK", "importance_weighted_bound", "log_likelihood"]
+__all__ = ["DEFAULT_CHUNK", "GPU_MAX_CHUNK", "default_chunk", "importance_weighted_bound", "log_likelihood"]

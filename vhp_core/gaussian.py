@@ -15,6 +15,20 @@ import torch
 LOG_2PI = math.log(2.0 * math.pi)
 
 
+def standard_normal(
+    shape: tuple[int, ...], generator: torch.Generator | None, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    """N(0, I) noise of `shape` on `device`, drawn on the generator's device.
+
+    A CPU generator driving a GPU computation draws on the CPU and copies the noise over,
+    so the same generator gives the same draws on every device (how the CPU and GPU
+    log-likelihoods are compared number for number).
+    """
+    if generator is not None and generator.device.type != torch.device(device).type:
+        return torch.randn(shape, generator=generator, dtype=dtype, device=generator.device).to(device)
+    return torch.randn(shape, generator=generator, dtype=dtype, device=device)
+
+
 def log_normal_diag(x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """log N(x; mu, diag exp(logvar)), summed over the last dimension (broadcasting)."""
     sq = (x - mu).square() * torch.exp(-logvar)

@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .bounds import importance_weighted_bound
-from .gaussian import log_normal_diag, log_normal_from_noise, log_standard_normal, reparameterise
+from .gaussian import log_normal_diag, log_normal_from_noise, log_standard_normal, reparameterise, standard_normal
 from .networks import GaussianEncoder, Network, mlp
 
 
@@ -165,7 +165,7 @@ class HierarchicalPrior(nn.Module):
         """
         n = z.shape[0]
         mu_q, logvar_q = self.q_zeta_given_z(z)  # (n, zeta)
-        eps = torch.randn(n, k, self.zeta_dim, generator=generator, dtype=z.dtype, device=z.device)
+        eps = standard_normal((n, k, self.zeta_dim), generator, z.dtype, z.device)
         zeta = reparameterise(mu_q.unsqueeze(1), logvar_q.unsqueeze(1), eps)  # (n, k, zeta)
         log_q = log_normal_from_noise(eps, logvar_q.unsqueeze(1))  # (n, k)
         mu_p, logvar_p = self.p_z_given_zeta(zeta.reshape(n * k, self.zeta_dim))
