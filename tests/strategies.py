@@ -182,3 +182,23 @@ def phased_constraint_sequences(draw: st.DrawFn, max_size: int = 80) -> list[flo
 def mixed_constraint_sequences() -> st.SearchStrategy[list[float]]:
     """constraint_sequences() or phased_constraint_sequences(): long initial phases and long constrained ones."""
     return st.one_of(constraint_sequences(), phased_constraint_sequences())
+
+
+@st.composite
+def plateau_sequences(draw: st.DrawFn, length: int = 800) -> tuple[list[float], float]:
+    """(C_ba sequence, its plateau): C_1 = 10^[-3, 3] times the plateau (the untrained model's
+    batch, far above or below), C_2 = 1-10 times the plateau (in [0.01, 10]), then geometric to
+    the plateau within 1-150 steps, flat from there; every step from 2 on has +-5% uniform
+    batch noise from a seeded generator."""
+    import random
+
+    plateau = draw(st.floats(0.01, 10.0))
+    first = plateau * 10.0 ** draw(st.floats(-3.0, 3.0))
+    second = plateau * draw(st.floats(1.0, 10.0))
+    decay = draw(st.integers(1, 150))
+    rng = random.Random(draw(st.integers(0, 2**32 - 1)))
+    cs = [first]
+    for t in range(2, length + 1):
+        w = min((t - 2) / decay, 1.0)
+        cs.append(second ** (1 - w) * plateau**w * (1.0 + rng.uniform(-0.05, 0.05)))
+    return cs, plateau

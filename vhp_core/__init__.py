@@ -9,6 +9,7 @@ from .config import HIERARCHICAL_MODELS, MODEL_NAMES, REWO_VARIANTS, ConstraintC
 from .constraint import (
     ConstraintState,
     auto_kappa,
+    probe_kappa_sq,
     constraint_rule,
     earlier_rewo_update,
     fixed_update,
@@ -68,6 +69,7 @@ __all__ = [
     "VampPrior",
     "VampVAE",
     "auto_kappa",
+    "probe_kappa_sq",
     "build_likelihood",
     "build_model",
     "constraint_rule",

@@ -142,6 +142,10 @@ class ConstraintConfig:
     auto_threshold: plateau when C_hat improved by less than this fraction over a window.
     auto_max_steps: the reconstruction-only phase of kappa = None stops at this step at the
         latest (the pipeline sets it from a fraction of the run length).
+    auto_probe_steps: REWO 'authors' with kappa = None: after C_ae, the prior learns at
+        lambda = lambda_init for this many steps, and kappa^2 is placed between C_ae and the
+        probe's mean C (`constraint.probe_kappa_sq`); 0: no probe, kappa^2 = (1 + auto_slack) C_ae.
+    auto_probe_share: where kappa^2 sits between C_ae (0) and the probe's C (1), capped by the slack.
     """
 
     kappa: float | None
@@ -160,6 +164,8 @@ class ConstraintConfig:
     auto_window: int = 100
     auto_threshold: float = 0.01
     auto_max_steps: int = 500
+    auto_probe_steps: int = 0
+    auto_probe_share: float = 0.5
 
     def __post_init__(self) -> None:
         if self.kappa is not None:
@@ -189,4 +195,8 @@ class ConstraintConfig:
             f"in [lambda_min, lambda_max] = [{self.lambda_min}, {self.lambda_max}]",
         )
         _require(self.auto_slack >= 0, "auto_slack", self.auto_slack, ">= 0")
+        _require(isinstance(self.auto_probe_steps, int) and not isinstance(self.auto_probe_steps, bool)
+                 and self.auto_probe_steps >= 0, "auto_probe_steps", self.auto_probe_steps, "an integer >= 0")
+        _require(_is_finite_number(self.auto_probe_share) and 0 < self.auto_probe_share <= 1,
+                 "auto_probe_share", self.auto_probe_share, "in (0, 1]")
         _require(0 <= self.auto_threshold < 1, "auto_threshold", self.auto_threshold, "in [0, 1)")
