@@ -204,22 +204,3 @@ def load_model(path: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     model.eval()
     return model, payload
 
-
-def rng_states(device: torch.device | str) -> dict[str, Any]:
-    """The generators a training step draws from: the CPU's, and every CUDA device's when training on CUDA.
-
-    Plain tensors (a list of them for CUDA), so the checkpoint still loads with ``weights_only=True``.
-    """
-    cuda = torch.device(device).type == "cuda"
-    return {"torch_rng": torch.get_rng_state(), "cuda_rng": torch.cuda.get_rng_state_all() if cuda else []}
-
-
-def restore_rng_states(payload: dict[str, Any], device: torch.device | str) -> None:
-    """Put back the generators saved by ``rng_states`` (the CUDA ones when resuming on CUDA)."""
-    torch.set_rng_state(payload["torch_rng"])
-    cuda_states = list(payload.get("cuda_rng") or [])
-    if torch.device(device).type == "cuda" and cuda_states:
-        if len(cuda_states) != torch.cuda.device_count():
-            raise CheckpointError(f"checkpoint holds the RNG states of {len(cuda_states)} CUDA device(s), "
-                                  f"this machine has {torch.cuda.device_count()}; delete it to start afresh")
-        torch.cuda.set_rng_state_all(cuda_states)

@@ -29,12 +29,12 @@ from typing import Any, Callable, Iterator
 import torch
 from tqdm.auto import tqdm
 
-from pipelines.checkpoint import (CheckpointError, atomic_torch_save, config_to_dict, load_payload,
-                                 restore_rng_states, rng_states)
+from pipelines.checkpoint import CheckpointError, atomic_torch_save, config_to_dict, load_payload
 from pipelines.data import TrainingData
 from pipelines.params import TrainParams
 from pipelines.errors import NonFiniteTrainingError, TrainingError
 from vhp_core import ConstraintConfig, ConstraintState, ModelConfig, constraint_rule, train_step
+from vhp_core.training import restore_rng_states, rng_states
 
 CURVE_COLUMNS = (
     "step", "epoch", "lr", "total", "reconstruction", "nll", "regulariser",
@@ -163,8 +163,8 @@ def _resume(path: Path, fp: str, model, optimiser, gen: torch.Generator, device)
     optimiser.load_state_dict(ck["optimiser"])
     try:
         restore_rng_states(ck, device)
-    except CheckpointError as err:
-        raise TrainingError(f"{path}: {err}") from err
+    except ValueError as err:
+        raise TrainingError(f"{path}: {err}; delete it to start afresh") from err
     gen.set_state(ck["shuffle_rng"])
     return _Progress(
         state=ConstraintState(**ck["constraint_state"]),

@@ -106,6 +106,10 @@ def train_step(
     new_state = update_constraint(state, stats[0], cfg, rule)
     mode = objective_mode(new_state, cfg, rule)
     total = parts.reconstruction_only() if mode == "reconstruction" else parts.total(new_state.lambda_)
+    if forward is not None and mode == "reconstruction":
+        # Data-parallel: DDP waits for a gradient of every parameter its outputs reach, the
+        # prior's too; a zero-weighted full objective gives them one (exact zeros, dropped below).
+        total = total + 0.0 * parts.total(new_state.lambda_)
     total.backward()
     if not grads_finite(p for p in model.parameters() if p.requires_grad):
         optimiser.zero_grad(set_to_none=True)
@@ -115,3 +119,28 @@ def train_step(
             p.grad = None
     optimiser.step()
     return new_state, terms(total, new_state, True, mode)
+
+
+def rng_states(device: torch.device | str) -> dict[str, object]:
+    """The generators a training step draws from: the CPU's, and every CUDA device's when training on CUDA.
+
+    Plain tensors (a list of them for CUDA), so a checkpoint holding them still loads with
+    ``torch.load(weights_only=True)``. Resuming with `restore_rng_states` continues the same
+    noise stream, so a resumed run ends with the weights of an uninterrupted one.
+    """
+    cuda = torch.device(device).type == "cuda"
+    return {"torch_rng": torch.get_rng_state(), "cuda_rng": torch.cuda.get_rng_state_all() if cuda else []}
+
+
+def restore_rng_states(states: dict[str, object], device: torch.device | str) -> None:
+    """Put back the generators saved by `rng_states` (the CUDA ones when resuming on CUDA).
+
+    Raises ValueError when the saved CUDA states do not match this machine's devices.
+    """
+    torch.set_rng_state(states["torch_rng"])  # type: ignore[arg-type]
+    cuda_states = list(states.get("cuda_rng") or [])  # type: ignore[call-overload]
+    if torch.device(device).type == "cuda" and cuda_states:
+        if len(cuda_states) != torch.cuda.device_count():
+            raise ValueError(f"the RNG states of {len(cuda_states)} CUDA device(s) were saved, "
+                             f"this machine has {torch.cuda.device_count()}")
+        torch.cuda.set_rng_state_all(cuda_states)
