@@ -2,9 +2,12 @@
 
 Writes eval/<dataset>/<model>/:
 - metrics.json: test log-likelihood by importance sampling (METHOD section 5,
-  vhp_core.log_likelihood) with S and K_eval beside it, ELBO and its terms,
-  active units (Burda et al. 2016), the final lambda of training, and the
-  paper's qualitative claims as numbers (definitions in the README's Evaluation metrics section);
+  vhp_core.estimators) with S, K_eval and the number of points beside it, the
+  ELBO on the same points and samples, for the hierarchical prior the same
+  estimate at a second K_eval (has it converged?), the ELBO terms over the whole
+  test split, the final lambda of training, and the paper's qualitative claims
+  as scale-free numbers (pipelines/evaluate_latent.py; definitions in the
+  README's Evaluation section);
 - interpolation.json: the per-pair numbers behind the interpolation medians;
 - timing.json: the wall time (kept out of metrics.json, which DVC compares);
 - latent_map.png, interpolation.png, interpolation_frames.png,
@@ -36,16 +39,13 @@ from pipelines import latent
 from pipelines.checkpoint import atomic_write_json, load_model
 from pipelines.errors import EvaluationError
 from pipelines.params import EvaluateParams
-from vhp_core import HierarchicalPrior, log_likelihood
+from vhp_core import HierarchicalPrior
+from vhp_core.estimators import log_likelihood_and_elbo
 from vhp_core.geometry import magnification_factor
 from vhp_core.networks import evaluation_precision, set_precision
 
 # Label drawn as colour on the latent map, in order of preference (mocap, faces, image data).
 COLOUR_LABELS = ("motion", "azimuth", "label", "identity")
-# Continuous factors read out linearly from the latent code (faces).
-REGRESSION_LABELS = ("azimuth", "elevation", "light")
-# Categorical label classified by kNN in latent space (mocap), falling back to the colour label.
-KNN_LABELS = ("motion", "label")
 
 
 # --------------------------------------------------------------------------------------
@@ -122,15 +122,16 @@ def mean_loss_terms(model: torch.nn.Module, x: np.ndarray, batch_size: int) -> d
 def estimate_log_likelihood(
     model: torch.nn.Module, x: np.ndarray, n_samples: int, n_inner: int | None, batch_size: int,
     generator: torch.Generator | None = None, progress: bool = False,
-) -> np.ndarray:
-    """log p(x) per row by importance sampling (vhp_core.log_likelihood), float64: (N,)."""
-    out = []
+) -> tuple[np.ndarray, np.ndarray]:
+    """(log p(x), ELBO) per row from the same S importance samples (vhp_core.estimators), float64: (N,) each."""
+    ll, elbo = [], []
     with torch.no_grad():
         for i in tqdm(range(0, len(x), batch_size), desc="log-likelihood", disable=not progress, leave=False):
             batch = torch.from_numpy(x[i:i + batch_size])
-            out.append(log_likelihood(model, batch, n_samples, n_inner=n_inner, generator=generator)
-                       .double().numpy())
-    return np.concatenate(out) if out else np.zeros(0)
+            est = log_likelihood_and_elbo(model, batch, n_samples, n_inner=n_inner, generator=generator)
+            ll.append(est.log_px.double().cpu().numpy())
+            elbo.append(est.elbo.double().cpu().numpy())
+    return (np.concatenate(ll), np.concatenate(elbo)) if ll else (np.zeros(0), np.zeros(0))
 
 
 # --------------------------------------------------------------------------------------
@@ -156,59 +157,6 @@ def _mf(model: torch.nn.Module, z: np.ndarray, chunk: int) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------
-# Graph-based interpolation
-# --------------------------------------------------------------------------------------
-
-
-def interpolate_pairs(
-    model: torch.nn.Module,
-    mu_test: np.ndarray,
-    pairs: np.ndarray,
-    params: EvaluateParams,
-    generator: torch.Generator,
-) -> tuple[list[dict[str, Any]], np.ndarray]:
-    """Graph path and straight line between each pair of encoded test points (METHOD section 6).
-
-    Returns (per-pair records, graph nodes (N, L)). A record holds the latent
-    polylines ('path_z', the path's nodes, and 'graph_z', the path refined
-    segment by segment, both None when unreachable; 'line_z'), their decoded
-    data-space lengths, the largest MF along each, and the length ratio.
-    """
-    with torch.no_grad():
-        prior_nodes = model.prior.sample(params.graph_nodes, generator=generator).double().numpy()
-    ends = np.unique(pairs.reshape(-1))
-    nodes = np.concatenate([prior_nodes, mu_test[ends]])
-    node_of = {int(e): len(prior_nodes) + i for i, e in enumerate(ends)}
-    graph = latent.knn_graph(nodes, decode_means(model, nodes, params.batch_size), params.graph_k)
-    records = []
-    for a, b in pairs:
-        line_z = latent.straight_line(mu_test[a], mu_test[b], params.line_steps)
-        line_x = decode_means(model, line_z, params.batch_size)
-        record: dict[str, Any] = {
-            "start": int(a), "end": int(b), "line_z": line_z,
-            "line_length": latent.curve_length(line_x),
-            "line_max_mf": float(_mf(model, line_z, params.mf_chunk).max()),
-            "path_z": None, "graph_z": None, "graph_nodes": 0,
-            "graph_length": math.nan, "graph_max_mf": math.nan, "length_ratio": math.nan,
-        }
-        path = latent.graph_shortest_path(graph, node_of[int(a)], node_of[int(b)])
-        if path is not None:
-            graph_z = latent.refine_polyline(nodes[path], params.segment_steps)
-            graph_x = decode_means(model, graph_z, params.batch_size)
-            record.update(
-                path_z=nodes[path],
-                graph_z=graph_z,
-                graph_nodes=len(path),
-                graph_length=latent.curve_length(graph_x),
-                graph_max_mf=float(_mf(model, graph_z, params.mf_chunk).max()),
-            )
-            if record["line_length"] > 0:
-                record["length_ratio"] = record["graph_length"] / record["line_length"]
-        records.append(record)
-    return records, nodes
-
-
-# --------------------------------------------------------------------------------------
 # Figures of decoded data
 # --------------------------------------------------------------------------------------
 
@@ -230,77 +178,53 @@ def _final_constraint_state(payload: dict[str, Any]) -> tuple[float | None, floa
     return (None if lam is None else float(lam)), (None if c_hat is None else float(c_hat))
 
 
+def _mean_se(values: np.ndarray) -> tuple[float, float | None]:
+    return float(values.mean()), float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else None
+
+
 def _test_set_numbers(model: torch.nn.Module, payload: dict[str, Any], x_test: np.ndarray,
                       params: EvaluateParams, rng: np.random.Generator, generator: torch.Generator,
                       progress: bool) -> dict[str, Any]:
-    """Test log-likelihood (S and K_eval beside it), ELBO and its terms, the final constraint state."""
+    """Test log-likelihood with S, K_eval and the number of points beside it, the ELBO on the same
+    points and samples, the hierarchical prior's LL at a second K_eval, the loss terms, the final state.
+    """
     config = model.config
     terms = mean_loss_terms(model, x_test, params.batch_size)
     ll_index = _subset(len(x_test), params.ll_points, rng)
-    k_eval = params.ll_inner_samples if isinstance(model.prior, HierarchicalPrior) else None
-    log_px = estimate_log_likelihood(model, x_test[ll_index], params.ll_samples, k_eval, params.batch_size,
-                                     generator, progress)
+    hierarchical = isinstance(model.prior, HierarchicalPrior)
+    k_eval = params.ll_inner_samples if hierarchical else None
+    log_px, elbo = estimate_log_likelihood(model, x_test[ll_index], params.ll_samples, k_eval, params.batch_size,
+                                           generator, progress)
     lambda_, c_hat = _final_constraint_state(payload)
-    return {
+    ll_mean, ll_se = _mean_se(log_px)
+    elbo_mean, elbo_se = _mean_se(elbo)
+    out: dict[str, Any] = {
         "latent_dim": int(config.latent_dim),
         "n_test": int(len(x_test)),
-        "test_log_likelihood": float(log_px.mean()),
-        "test_log_likelihood_stderr": float(log_px.std(ddof=1) / math.sqrt(len(log_px))) if len(log_px) > 1
-        else None,
+        "test_log_likelihood": ll_mean,
+        "test_log_likelihood_stderr": ll_se,
         "ll_samples": int(params.ll_samples),
         "ll_inner_samples": k_eval,
         "ll_n_points": int(len(log_px)),
+        "ll_elbo": elbo_mean,
+        "ll_elbo_stderr": elbo_se,
         **{k: float(v) for k, v in terms.items()},
         "final_lambda": lambda_,
         "final_c_hat": c_hat,
     }
-
-
-def _latent_numbers(model: torch.nn.Module, dataset: Any, mu_test: np.ndarray, params: EvaluateParams,
-                    rng: np.random.Generator) -> dict[str, Any]:
-    """The paper's claims as numbers: active units, kNN accuracy, smoothness, R^2, MF fraction."""
-    metrics: dict[str, Any] = {"active_units": latent.active_units(mu_test)}
-    train_index = _subset(int(dataset.train.x.shape[0]), params.max_train_points, rng)
-    x_train = _rows(dataset.train.x, train_index)
-    if dataset.likelihood == "bernoulli":  # encode train data as the binary test data are
-        x_train = (rng.random(x_train.shape) < x_train).astype(np.float32)
-    mu_train = encode_means(model, x_train, params.batch_size)
-    knn_label = next((lab for lab in KNN_LABELS if _label(dataset.test, lab) is not None), None)
-    if knn_label is not None:
-        train_y = _label(dataset.train, knn_label)
-        if train_y is not None:
-            metrics["knn_accuracy"] = latent.knn_accuracy(
-                mu_train, train_y[train_index], mu_test, _label(dataset.test, knn_label), params.knn_k)
-            metrics["knn_k"] = int(params.knn_k)
-            metrics["knn_label"] = knn_label
-    trial, frame = _label(dataset.test, "trial"), _label(dataset.test, "frame")
-    if trial is not None and frame is not None:
-        try:
-            metrics["trajectory_smoothness"] = latent.trajectory_smoothness(mu_test, trial, frame, rng=rng)
-        except ValueError:
-            metrics["trajectory_smoothness"] = None
-    for lab in REGRESSION_LABELS:
-        test_y, train_y = _label(dataset.test, lab), _label(dataset.train, lab)
-        if test_y is not None and train_y is not None:
-            metrics[f"r2_{lab}"] = _finite(float(latent.linear_r2(mu_train, train_y[train_index], mu_test, test_y)))
-    mf_index = _subset(len(mu_test), params.mf_points, rng)
-    mf_data = _mf(model, mu_test[mf_index], params.mf_chunk)
-    mf_box = _mf(model, latent.bounding_box_samples(mu_test, params.mf_points, rng), params.mf_chunk)
-    metrics["mf_fraction"] = latent.mf_fraction(mf_data, mf_box, params.mf_quantile)
-    metrics["mf_quantile"] = float(params.mf_quantile)
-    metrics["mf_median_data"] = float(np.median(mf_data))
-    metrics["mf_median_box"] = float(np.median(mf_box))
-    return metrics
-
-
-def _interpolation_numbers(records: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "interp_pairs": int(sum(r["graph_z"] is not None for r in records)),
-        "interp_pairs_requested": int(len(records)),
-        "interp_length_ratio": _finite(latent.summarise([r["length_ratio"] for r in records])),
-        "interp_max_mf_graph": _finite(latent.summarise([r["graph_max_mf"] for r in records])),
-        "interp_max_mf_line": _finite(latent.summarise([r["line_max_mf"] for r in records])),
-    }
+    if hierarchical:
+        # The same points at a second K_eval, with fresh samples: has the inner estimate converged?
+        check, _ = estimate_log_likelihood(model, x_test[ll_index], params.ll_samples,
+                                           params.ll_inner_samples_check, params.batch_size, generator, progress)
+        diff, diff_se = _mean_se(check - log_px)
+        out.update({
+            "test_log_likelihood_check": float(check.mean()),
+            "ll_inner_samples_check": int(params.ll_inner_samples_check),
+            "ll_check_diff": diff,
+            "ll_check_diff_stderr": diff_se,
+            "ll_check_agrees": None if diff_se is None else bool(abs(diff) <= 2.0 * diff_se),
+        })
+    return out
 
 
 def evaluate_model(
@@ -311,6 +235,7 @@ def evaluate_model(
     Returns the metrics written to out_dir/metrics.json (results only; the wall time goes to timing.json).
     """
     from pipelines.evaluate_figures import Figures
+    from pipelines.evaluate_latent import interpolate_pairs, interpolation_numbers, latent_numbers
     from preprocessing.store import open_dataset
 
     t0 = time.perf_counter()
@@ -354,15 +279,16 @@ def evaluate_model(
         metrics.update(_test_set_numbers(model, payload, x_test, params, rng, generator, progress))
         done("log-likelihood")
         mu_test = encode_means(model, x_test, params.batch_size)
-        metrics.update(_latent_numbers(model, dataset, mu_test, params, rng))
+        latent_metrics, scale = latent_numbers(model, dataset, x_test, mu_test, params, rng)
+        metrics.update(latent_metrics)
         done("latent measurements")
-        draw = Figures(model, dataset, mu_test, params, rng, out_dir, title)
+        draw = Figures(model, dataset, mu_test, params, rng, out_dir, title, mf_scale=scale.mf_median)
         draw.latent_map()
         done("latent map")
         pair_labels = draw.colour_values if draw.categorical else None
         pairs = latent.endpoint_pairs(len(mu_test), params.interp_pairs, rng, pair_labels)
-        records, nodes = interpolate_pairs(model, mu_test, pairs, params, generator)
-        metrics.update(_interpolation_numbers(records))
+        records, nodes = interpolate_pairs(model, mu_test, pairs, params, generator, scale)
+        metrics.update(interpolation_numbers(records))
         atomic_write_json(out_dir / "interpolation.json", {
             "graph_nodes": params.graph_nodes, "graph_k": params.graph_k,
             "line_steps": params.line_steps, "segment_steps": params.segment_steps,

@@ -22,6 +22,27 @@ from pipelines.params import EvaluateParams
 from vhp_core.geometry import magnification_factor_grid
 
 
+def principal_plane(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mean (L,), basis (L, 2)) of the first two principal components of z.
+
+    Used to draw latent spaces of more than two dimensions: points project to
+    (z - mean) @ basis, and a plane point u maps back to mean + basis @ u.
+    """
+    z = np.asarray(z, dtype=np.float64)
+    mean = z.mean(axis=0)
+    _, _, vt = np.linalg.svd(z - mean, full_matrices=False)
+    basis = vt[:2].T
+    if basis.shape[1] < 2:  # L == 1: pad with a zero direction
+        basis = np.hstack([basis, np.zeros((len(mean), 2 - basis.shape[1]))])
+    return mean, basis
+
+
+# Colour range of every MF map, in units of the model's median MF at the encoded test data:
+# a tenth of the typical MF (white) to a hundred times it (black).
+MF_MAP_RANGE = (0.1, 100.0)
+MF_MAP_LABEL = "MF / median MF at the encoded test data (log scale, shared by every model)"
+
+
 @dataclass(frozen=True)
 class LatentPlane:
     """Maps between the latent space and the 2-D plane the figures show (identity for 2-D latents)."""
@@ -34,7 +55,7 @@ class LatentPlane:
     def fit(cls, mu: np.ndarray) -> LatentPlane:
         if mu.shape[1] == 2:
             return cls(np.zeros(2), np.eye(2), True)
-        mean, basis = latent.principal_plane(mu)
+        mean, basis = principal_plane(mu)
         return cls(mean, basis, False)
 
     def project(self, z: np.ndarray) -> np.ndarray:
@@ -98,8 +119,11 @@ class Figures:
     """The figures of one evaluation, sharing the latent plane, the MF grid and the colour label."""
 
     def __init__(self, model: torch.nn.Module, dataset: Any, mu_test: np.ndarray, params: EvaluateParams,
-                 rng: np.random.Generator, out_dir: Path, title: str) -> None:
+                 rng: np.random.Generator, out_dir: Path, title: str, mf_scale: float = 1.0) -> None:
         self.model, self.dataset, self.mu_test, self.params = model, dataset, mu_test, params
+        # MF is drawn relative to the model's median MF at the encoded data, on one fixed colour
+        # range (MF_MAP_RANGE), so that the maps of two models side by side compare.
+        self.mf_scale = mf_scale if mf_scale > 0 else 1.0
         self.rng, self.out_dir, self.title = rng, Path(out_dir), title
         self.attrs = dict(dataset.attrs)
         self.plane = LatentPlane.fit(mu_test)
@@ -123,12 +147,13 @@ class Figures:
         mf_grid, _, _ = magnification_factor_grid(
             self.plane.decoder(self.model), (self.extent[0], self.extent[2]), (self.extent[1], self.extent[3]),
             p.grid_size, mf_chunk_size(self.model, p.mf_chunk), dtype)
-        self.mf_grid = mf_grid.double().numpy()
+        self.mf_grid = mf_grid.double().numpy() / self.mf_scale
         figures.latent_map_figure(
             self.out_dir / "latent_map.png", self.u_test[self.plot_index], self.mf_grid, self.extent,
             labels=None if self.colour_values is None else self.colour_values[self.plot_index],
             class_names=self.class_names, label_name=self.colour or "",
-            title=f"{self.title}: encoded test data over MF(z)", axis_names=self.plane.axis_names)
+            title=f"{self.title}: encoded test data over MF(z) / median MF at the data",
+            axis_names=self.plane.axis_names, mf_limits=MF_MAP_RANGE, mf_label=MF_MAP_LABEL)
 
     def interpolation(self, records: list[dict[str, Any]], nodes: np.ndarray) -> None:
         """Graph paths against straight lines over MF (interpolation.png) and their decoded frames."""
@@ -139,7 +164,8 @@ class Figures:
             [None if r["path_z"] is None else self.plane.project(r["path_z"]) for r in shown],
             [self.plane.project(r["line_z"]) for r in shown],
             nodes=self.plane.project(nodes[: p.graph_nodes]),
-            title=f"{self.title}: graph path (solid) vs straight line (dashed)", axis_names=self.plane.axis_names)
+            title=f"{self.title}: graph path (solid) vs straight line (dashed)", axis_names=self.plane.axis_names,
+            mf_limits=MF_MAP_RANGE, mf_label=MF_MAP_LABEL)
         frames = _Frames(self.attrs, tuple(self.dataset.x_shape))
         first = shown[0]
         rows = []

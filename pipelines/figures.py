@@ -52,14 +52,20 @@ def save_figure(fig: Figure, path: Path) -> Path:
     return path
 
 
-def _mf_background(ax, mf: np.ndarray, extent: Sequence[float], colourbar: bool = True) -> None:
-    """MF heat map (indexed [y, x]) on a log colour scale: darker = larger magnification."""
+def _mf_background(ax, mf: np.ndarray, extent: Sequence[float], colourbar: bool = True,
+                   limits: tuple[float, float] | None = None,
+                   label: str = "magnification factor (log scale)") -> None:
+    """MF heat map (indexed [y, x]) on a log colour scale: darker = larger magnification.
+
+    limits: a fixed colour range (so that maps of several models share one scale);
+    default: the map's own 0.5-99.5 percentiles.
+    """
     mf = np.asarray(mf, dtype=np.float64)
     positive = mf[np.isfinite(mf) & (mf > 0)]
     if len(positive) == 0:
         ax.set_facecolor("white")
         return
-    low, high = np.percentile(positive, [0.5, 99.5])
+    low, high = limits if limits is not None else np.percentile(positive, [0.5, 99.5])
     high = max(high, low * 1.0001)
     image = ax.imshow(
         np.clip(mf, low, high),
@@ -72,8 +78,8 @@ def _mf_background(ax, mf: np.ndarray, extent: Sequence[float], colourbar: bool 
     )
     if colourbar:
         # Below the map, so that a label colour bar or legend can take the right-hand side.
-        ax.figure.colorbar(image, ax=ax, orientation="horizontal", fraction=0.05, pad=0.11,
-                           label="magnification factor (log scale)")
+        ax.figure.colorbar(image, ax=ax, orientation="horizontal", fraction=0.05, pad=0.11, label=label,
+                           extend="both" if limits is not None else "neither")
 
 
 def _scatter_labels(
@@ -111,11 +117,13 @@ def latent_map_figure(
     label_name: str = "",
     title: str = "",
     axis_names: tuple[str, str] = ("z1", "z2"),
+    mf_limits: tuple[float, float] | None = None,
+    mf_label: str = "magnification factor (log scale)",
 ) -> Path:
     """Encoded points coloured by label over the MF heat map. z: (N, 2); mf: (R, R) indexed [y, x]."""
     fig = new_figure(7.5, 6.5)
     ax = fig.add_subplot(1, 1, 1)
-    _mf_background(ax, mf, extent)
+    _mf_background(ax, mf, extent, limits=mf_limits, label=mf_label)
     _scatter_labels(ax, np.asarray(z), labels, class_names, label_name)
     ax.set_xlim(extent[0], extent[1])
     ax.set_ylim(extent[2], extent[3])
@@ -135,6 +143,8 @@ def interpolation_figure(
     nodes: np.ndarray | None = None,
     title: str = "",
     axis_names: tuple[str, str] = ("z1", "z2"),
+    mf_limits: tuple[float, float] | None = None,
+    mf_label: str = "magnification factor (log scale)",
 ) -> Path:
     """Graph paths (solid) and straight lines (dashed) between the same end points, over the MF map.
 
@@ -142,7 +152,7 @@ def interpolation_figure(
     """
     fig = new_figure(6.5, 6.5)
     ax = fig.add_subplot(1, 1, 1)
-    _mf_background(ax, mf, extent)
+    _mf_background(ax, mf, extent, limits=mf_limits, label=mf_label)
     z_data = np.asarray(z_data)
     ax.scatter(z_data[:, 0], z_data[:, 1], s=3, c="tab:cyan", alpha=0.35, linewidths=0, label="test data")
     if nodes is not None and len(nodes):

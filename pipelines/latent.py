@@ -12,11 +12,16 @@ so that each one can be tested on synthetic cases without a model.
   kNN classification accuracy in latent space, R^2 of a linear read-out of
   continuous factors, smoothness of latent trajectories of motion trials, and
   the fraction of data lying on high magnification-factor ridges.
+- Scale (METHOD section 6): latent distances are measured after `Whitening` and
+  MF figures relative to the median MF at the encoded data, so that no affine map
+  of the latent space changes them. In data space: the evenness of decoded steps
+  and the distance of decoded frames to the training data.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from scipy.sparse import csr_matrix
@@ -146,12 +151,18 @@ def endpoint_pairs(n: int, n_pairs: int, rng: np.random.Generator, labels: np.nd
 # --------------------------------------------------------------------------------------
 
 
-def active_units(mu: np.ndarray, threshold: float = 0.01) -> int:
-    """Latent dimensions with Cov_x(E_q[z|x]) > threshold (Burda et al. 2016). mu: (N, L) encoder means."""
+def active_units(mu: np.ndarray, threshold: float = 0.01, posterior_var: np.ndarray | None = None) -> int:
+    """Latent dimensions j with Cov_x(E_q[z_j|x]) > threshold * unit_j (Burda et al. 2016); mu: (N, L).
+
+    unit_j = 1, the N(0, I) prior's variance (Burda's count; scale-dependent), or, given
+    posterior_var (N, L), E_x[Var_q(z_j|x)]: the same count with the posterior noise as unit,
+    which no per-axis rescaling of the latent space changes.
+    """
     mu = np.asarray(mu, dtype=np.float64)
     if len(mu) < 2:
         return 0
-    return int((mu.var(axis=0, ddof=1) > threshold).sum())
+    unit = 1.0 if posterior_var is None else np.asarray(posterior_var, dtype=np.float64).mean(axis=0)
+    return int((mu.var(axis=0, ddof=1) > threshold * unit).sum())
 
 
 def knn_accuracy(
@@ -246,19 +257,28 @@ def trajectory_smoothness(
     return float(np.median(per_trial) / median_pairwise_distance(z, max_points, rng))
 
 
-def bounding_box_samples(z: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-    """n points uniform in the axis-aligned bounding box of z: (n, L)."""
+def segment_samples(z: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """n points on segments between random pairs of rows of z: z_i + t (z_j - z_i), t ~ U(0, 1); (n, L).
+
+    They cover the region the data span, gaps included; unlike a bounding box they
+    commute with affine maps (the same draws give A p + b for codes A z + b).
+    """
     z = np.asarray(z, dtype=np.float64)
-    low, high = z.min(axis=0), z.max(axis=0)
-    return low + (high - low) * rng.random((n, z.shape[1]))
+    if len(z) < 2:
+        raise ValueError(f"need at least 2 points to draw segments, got {len(z)}")
+    i = rng.integers(len(z), size=n)
+    j = rng.integers(len(z), size=n)
+    t = rng.random(n)[:, None]
+    return z[i] + t * (z[j] - z[i])
 
 
 def mf_fraction(mf_data: np.ndarray, mf_reference: np.ndarray, quantile: float = 0.9) -> float:
     """Fraction of data points whose MF exceeds the given quantile of MF over a reference set.
 
-    The reference is MF over the data's bounding box: a value near 1 - quantile
-    means the data ignore the MF landscape; near 0 that the data avoid the
-    high-MF ridges (a smooth latent space); above it that the data lie on them.
+    The reference is MF over the region the data span (`segment_samples`): a value
+    near 1 - quantile means the data ignore the MF landscape; near 0 that the data
+    avoid the high-MF ridges (a smooth latent space); above it that the data lie on
+    them. A ratio of MF values, so it does not depend on the latent scale.
     """
     mf_data = np.asarray(mf_data, dtype=np.float64)
     if len(mf_data) == 0:
@@ -274,16 +294,97 @@ def summarise(values: Sequence[float]) -> float:
     return float(np.median(arr)) if len(arr) else float("nan")
 
 
-def principal_plane(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(mean (L,), basis (L, 2)) of the first two principal components of z.
+# --------------------------------------------------------------------------------------
+# Scale-free measurement
+# --------------------------------------------------------------------------------------
 
-    Used to draw latent spaces of more than two dimensions: points project to
-    (z - mean) @ basis, and a plane point u maps back to mean + basis @ u.
+
+@dataclass(frozen=True)
+class Whitening:
+    """z -> L^-1 (z - m), with m the mean and L L^T the covariance of the codes it was fitted on.
+
+    Under z -> A z + b (any invertible A) whitened codes only turn by an orthogonal
+    matrix, so distances between whitened points do not depend on the latent scale or
+    axes. A singular covariance gets a tiny floor instead of an infinite scale.
     """
-    z = np.asarray(z, dtype=np.float64)
-    mean = z.mean(axis=0)
-    _, _, vt = np.linalg.svd(z - mean, full_matrices=False)
-    basis = vt[:2].T
-    if basis.shape[1] < 2:  # L == 1: pad with a zero direction
-        basis = np.hstack([basis, np.zeros((len(mean), 2 - basis.shape[1]))])
-    return mean, basis
+
+    mean: np.ndarray  # (L,)
+    inverse_factor: np.ndarray  # (L, L), L^-1 of the Cholesky factor
+
+    @classmethod
+    def fit(cls, codes: np.ndarray) -> Whitening:
+        codes = np.asarray(codes, dtype=np.float64)
+        if codes.ndim != 2 or len(codes) < 2:
+            raise ValueError(f"need at least 2 codes of shape (N, L) to whiten, got shape {codes.shape}")
+        mean = codes.mean(axis=0)
+        cov = np.atleast_2d(np.cov(codes, rowvar=False))
+        floor = 1e-12 * max(float(np.trace(cov)) / len(cov), np.finfo(np.float64).tiny)
+        try:
+            factor = np.linalg.cholesky(cov)
+        except np.linalg.LinAlgError:
+            factor = np.linalg.cholesky(cov + floor * np.eye(len(cov)))
+        return cls(mean, np.linalg.inv(factor))
+
+    def __call__(self, z: np.ndarray) -> np.ndarray:
+        return (np.asarray(z, dtype=np.float64) - self.mean) @ self.inverse_factor.T
+
+
+def step_evenness(decoded: np.ndarray) -> float:
+    """Largest step between consecutive decoded frames over the mean step (1 = perfectly even).
+
+    decoded: (n, D...) frames in order; in data space, so no latent rescaling touches
+    it. A jump across a gap is one step many times the mean. NaN without movement.
+    """
+    decoded = np.asarray(decoded, dtype=np.float64).reshape(len(decoded), -1)
+    if len(decoded) < 2:
+        return float("nan")
+    steps = np.linalg.norm(np.diff(decoded, axis=0), axis=1)
+    mean = steps.mean()
+    return float(steps.max() / mean) if mean > 0 else float("nan")
+
+
+def nearest_distances(queries: np.ndarray, reference: np.ndarray, exclude_self: bool = False,
+                      chunk: int = 512) -> np.ndarray:
+    """Euclidean distance from each query row to its nearest reference row, float64: (n,).
+
+    Brute force in chunks (trees do not help in data spaces of many dimensions).
+    exclude_self: queries are the first rows of the reference, not their own neighbours.
+    """
+    q = np.asarray(queries, dtype=np.float64).reshape(len(queries), -1)
+    r = np.asarray(reference, dtype=np.float64).reshape(len(reference), -1)
+    if len(r) < (2 if exclude_self else 1):
+        raise ValueError("the reference set is too small for a nearest neighbour")
+    r_sq = (r * r).sum(axis=1)
+    out = np.empty(len(q))
+    for start in range(0, len(q), chunk):
+        block = q[start:start + chunk]
+        d2 = (block * block).sum(axis=1)[:, None] + r_sq[None, :] - 2.0 * block @ r.T
+        if exclude_self:
+            rows = np.arange(len(block))
+            d2[rows, start + rows] = np.inf
+        out[start:start + chunk] = np.sqrt(np.maximum(d2.min(axis=1), 0.0))
+    return out
+
+
+def typical_nn_distance(reference: np.ndarray, max_points: int = 1000, rng: np.random.Generator | None = None) -> float:
+    """Median distance of (a seeded subset of max_points) reference points to their nearest other one."""
+    r = np.asarray(reference, dtype=np.float64).reshape(len(reference), -1)
+    if len(r) < 2:
+        raise ValueError("need at least 2 reference points for a nearest-neighbour distance")
+    index = np.arange(len(r))
+    if len(r) > max_points:
+        rng = rng if rng is not None else np.random.default_rng(0)
+        index = np.sort(rng.choice(len(r), max_points, replace=False))
+    order = np.concatenate([index, np.setdiff1d(np.arange(len(r)), index)])
+    return float(np.median(nearest_distances(r[index], r[order], exclude_self=True)))
+
+
+def off_data_distance(decoded: np.ndarray, reference: np.ndarray, unit: float) -> float:
+    """Mean over decoded frames of (distance to the nearest reference sample) / unit.
+
+    With training data as reference and `typical_nn_distance` as unit, about 1 means
+    frames are as close to real data as real data are to each other; more: off the data.
+    """
+    if not unit > 0:
+        return float("nan")
+    return float(nearest_distances(decoded, reference).mean() / unit)

@@ -149,6 +149,7 @@ class EvaluateParams:
     batch_size: int        # encoding, decoding and ELBO batches
     ll_samples: int        # S, importance samples per test point
     ll_inner_samples: int  # K_eval, zeta samples per z for the hierarchical prior's p(z)
+    ll_inner_samples_check: int  # a second K_eval on the same points: has the estimate converged?
     ll_points: int         # test points in the log-likelihood estimate; 0 = all
     max_train_points: int  # encoded training points for kNN accuracy and R^2
     grid_size: int         # MF heat map resolution (grid_size x grid_size)
@@ -167,8 +168,8 @@ class EvaluateParams:
     max_plot_points: int   # encoded test points drawn on the latent map
 
     def __post_init__(self) -> None:
-        positive = ("batch_size", "ll_samples", "ll_inner_samples", "grid_size", "mf_chunk", "mf_points",
-                    "knn_k", "graph_nodes", "graph_k", "interp_pairs", "segment_steps", "n_frames",
+        positive = ("batch_size", "ll_samples", "ll_inner_samples", "ll_inner_samples_check", "grid_size",
+                    "mf_chunk", "mf_points", "knn_k", "graph_nodes", "graph_k", "interp_pairs", "segment_steps", "n_frames",
                     "n_reconstructions", "n_samples", "max_plot_points", "max_train_points")
         for name in positive:
             _check(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")

@@ -198,7 +198,7 @@ def pipeline_task(project: Path, params: RetrainParams) -> str:
 
 
 EVALUATION_COLUMNS = ("test_log_likelihood", "elbo", "knn_accuracy", "trajectory_smoothness", "mf_fraction",
-                      "interp_max_mf_graph", "r2_azimuth", "r2_light", "final_lambda")
+                      "interp_max_rel_mf_graph", "r2_azimuth", "r2_light", "final_lambda")
 
 
 @task(name="publish-evaluation", cache_policy=NONE)

@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from scipy.spatial.distance import pdist
 
+from pipelines.evaluate_figures import principal_plane
 from pipelines.latent import (
     active_units,
     arc_length_indices,
-    bounding_box_samples,
     curve_length,
     endpoint_pairs,
     graph_shortest_path,
@@ -18,8 +19,13 @@ from pipelines.latent import (
     knn_graph,
     linear_r2,
     mf_fraction,
-    principal_plane,
+    Whitening,
+    nearest_distances,
+    off_data_distance,
     refine_polyline,
+    segment_samples,
+    step_evenness,
+    typical_nn_distance,
     straight_line,
     summarise,
     trajectory_smoothness,
@@ -192,12 +198,72 @@ def test_mf_fraction() -> None:
         mf_fraction(np.array([]), reference)
 
 
-def test_bounding_box_samples_stay_in_the_box() -> None:
-    rng = np.random.default_rng(5)
-    z = rng.normal(size=(100, 3)) * [1, 10, 100]
-    box = bounding_box_samples(z, 1000, rng)
-    assert box.shape == (1000, 3)
-    assert np.all(box >= z.min(0)) and np.all(box <= z.max(0))
+def test_segment_samples_lie_between_data_points_and_commute_with_affine_maps() -> None:
+    z = np.random.default_rng(5).normal(size=(100, 3)) * [1, 10, 100]
+    points = segment_samples(z, 1000, np.random.default_rng(1))
+    assert points.shape == (1000, 3)
+    assert np.all(points >= z.min(0) - 1e-9) and np.all(points <= z.max(0) + 1e-9)
+    a, b = np.array([[2.0, 1.0, 0.0], [0.0, -3.0, 1.0], [1.0, 0.0, 0.5]]), np.array([5.0, -1.0, 2.0])
+    mapped = segment_samples(z @ a.T + b, 1000, np.random.default_rng(1))
+    np.testing.assert_allclose(mapped, points @ a.T + b, rtol=1e-10, atol=1e-8)
+
+
+def test_whitening_gives_unit_covariance_and_affine_invariant_distances() -> None:
+    rng = np.random.default_rng(8)
+    z = rng.normal(size=(400, 3)) @ np.array([[3.0, 0.0, 0.0], [1.0, 0.2, 0.0], [0.0, 2.0, 5.0]])
+    w = Whitening.fit(z)(z)
+    np.testing.assert_allclose(np.cov(w, rowvar=False), np.eye(3), atol=1e-10)
+    a = np.array([[0.01, 2.0, 0.0], [-4.0, 0.0, 1.0], [0.0, 0.0, 30.0]])
+    z2 = z @ a.T + np.array([7.0, -3.0, 100.0])
+    w2 = Whitening.fit(z2)(z2)
+    np.testing.assert_allclose(pdist(w2), pdist(w), rtol=1e-8)
+    assert not np.allclose(pdist(z2), pdist(z) * np.median(pdist(z2) / pdist(z)), rtol=1e-3)  # raw ones change shape
+
+
+def test_whitening_survives_a_dimension_that_never_varies() -> None:
+    z = np.column_stack([np.random.default_rng(0).normal(size=50), np.zeros(50)])
+    assert np.all(np.isfinite(Whitening.fit(z)(z)))
+
+
+def test_step_evenness() -> None:
+    even = np.linspace(0, 1, 11)[:, None] * np.ones((1, 4))
+    assert step_evenness(even) == pytest.approx(1.0)
+    jump = np.concatenate([np.zeros((5, 2)), np.full((5, 2), 10.0)]) + np.arange(10)[:, None] * 0.1
+    assert step_evenness(jump) > 5.0  # one step across the gap, many short ones
+    assert np.isnan(step_evenness(np.zeros((3, 2)))) and np.isnan(step_evenness(np.zeros((1, 2))))
+
+
+def test_nearest_distances_match_a_direct_computation_and_skip_self() -> None:
+    rng = np.random.default_rng(3)
+    ref = rng.normal(size=(300, 20))
+    q = rng.normal(size=(50, 20))
+    direct = np.sqrt(((q[:, None, :] - ref[None]) ** 2).sum(-1)).min(1)
+    np.testing.assert_allclose(nearest_distances(q, ref, chunk=7), direct, rtol=1e-9)
+    own = nearest_distances(ref[:10], ref, exclude_self=True)
+    assert np.all(own > 0)
+    d = np.sqrt(((ref[:10, None, :] - ref[None]) ** 2).sum(-1))
+    d[np.arange(10), np.arange(10)] = np.inf
+    np.testing.assert_allclose(own, d.min(1), rtol=1e-9)
+
+
+def test_off_data_distance_of_frames_on_and_off_a_grid_of_data() -> None:
+    grid = np.stack(np.meshgrid(np.arange(10.0), np.arange(10.0)), -1).reshape(-1, 2)
+    unit = typical_nn_distance(grid)
+    assert unit == pytest.approx(1.0)
+    on_data = grid[:20]
+    assert off_data_distance(on_data, grid, unit) == pytest.approx(0.0, abs=1e-6)
+    off = grid[:20] + np.array([0.0, 30.0])  # thirty grid steps above the data
+    assert off_data_distance(off, grid, unit) > 20.0
+
+
+def test_active_units_relative_to_the_posterior_noise_ignore_axis_scales() -> None:
+    rng = np.random.default_rng(6)
+    mu = np.hstack([rng.normal(size=(500, 2)), 0.01 * rng.normal(size=(500, 1))])
+    var = np.tile([0.01, 0.01, 1.0], (500, 1))
+    assert active_units(mu, posterior_var=var) == 2
+    scales = np.array([100.0, 0.01, 1.0])
+    assert active_units(mu * scales, posterior_var=var * scales**2) == 2
+    assert active_units(mu * scales) == 1  # Burda's count with the prior's unit moves with the scale
 
 
 def test_active_units_counts_dimensions_that_vary_with_x() -> None:

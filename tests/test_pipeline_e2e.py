@@ -27,7 +27,8 @@ def shrunk_params(path: Path) -> Path:
     raw["train"].update({"datasets": ["faces"], "models": ["vhp", "iwae"], "epochs": 2, "batch_size": 8,
                          "checkpoint_every": 2, "log_every": 1})
     raw["train"]["model"].update({"hidden": [16], "prior_hidden": [16], "k_inner": 4, "k_iw": 3})
-    raw["evaluate"].update({"ll_samples": 16, "ll_inner_samples": 4, "ll_points": 10, "max_train_points": 100,
+    raw["evaluate"].update({"ll_samples": 16, "ll_inner_samples": 4, "ll_inner_samples_check": 8, "ll_points": 10,
+                            "max_train_points": 100,
                             "grid_size": 10, "mf_points": 40, "graph_nodes": 40, "graph_k": 4,
                             "interp_pairs": 2, "line_steps": 10, "segment_steps": 2, "n_frames": 4,
                             "n_reconstructions": 4, "n_samples": 4})

@@ -114,7 +114,8 @@ def test_report_params_refuse_bad_values() -> None:
 # End to end: a tiny model on a tiny zarr group -> evaluate -> report
 # --------------------------------------------------------------------------------------
 
-TINY = dict(ll_samples=8, ll_inner_samples=4, ll_points=20, max_train_points=100, grid_size=12, mf_points=50,
+TINY = dict(ll_samples=8, ll_inner_samples=4, ll_inner_samples_check=8, ll_points=20, max_train_points=100,
+            grid_size=12, mf_points=50,
             graph_nodes=60, graph_k=5, interp_pairs=2, line_steps=10, segment_steps=2, n_frames=3,
             n_reconstructions=3, n_samples=4, batch_size=64)
 

@@ -18,7 +18,8 @@ from test_train_flow import ROOT, synthetic_group, tiny_params
 
 TINY_EVALUATE = stage_params(
     EvaluateParams, "evaluate",
-    batch_size=64, ll_samples=8, ll_inner_samples=4, ll_points=16, max_train_points=96, grid_size=6,
+    batch_size=64, ll_samples=8, ll_inner_samples=4, ll_inner_samples_check=8, ll_points=16, max_train_points=96,
+    grid_size=6,
     mf_chunk=64, mf_points=16, knn_k=3, graph_nodes=24, graph_k=4, interp_pairs=2, line_steps=8,
     segment_steps=2, n_frames=3, n_reconstructions=3, n_samples=4, max_plot_points=64,
 )

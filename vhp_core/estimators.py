@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from typing import NamedTuple
 
 import torch
 
@@ -93,6 +94,34 @@ def log_likelihood(
     copied, the same on every device). reference: run the networks' ordinary layers
     instead of the fast inference passes (same numbers up to float rounding).
     """
+    return log_likelihood_and_elbo(model, x, n_samples, n_inner, chunk, generator, reference).log_px
+
+
+class LikelihoodEstimate(NamedTuple):
+    """Per-row figures of one importance-sampling pass, float64 (B,) each.
+
+    log_px: the log-likelihood estimate. elbo: the mean of the same S log-weights, an
+    unbiased estimate of the ELBO (with the K_eval-sample F for the hierarchical prior),
+    so that log-likelihood and ELBO stand on the same points and samples; elbo_se: its
+    standard error over the S samples (0 for S = 1).
+    """
+
+    log_px: torch.Tensor
+    elbo: torch.Tensor
+    elbo_se: torch.Tensor
+
+
+@torch.no_grad()
+def log_likelihood_and_elbo(
+    model: LatentVariableModel,
+    x: torch.Tensor,
+    n_samples: int,
+    n_inner: int | None = None,
+    chunk: int | None = None,
+    generator: torch.Generator | None = None,
+    reference: bool = False,
+) -> LikelihoodEstimate:
+    """`log_likelihood`, and the ELBO per row from the same log-weights (arguments as there)."""
     if n_samples < 1:
         raise ValueError(f"n_samples must be >= 1, got {n_samples}")
     if chunk is None:
@@ -103,14 +132,17 @@ def log_likelihood(
     if k_inner < 1:
         raise ValueError(f"n_inner must be >= 1, got {n_inner}")
     result = torch.empty(x.shape[0], dtype=torch.float64, device=x.device)
+    moments = torch.zeros(2, x.shape[0], dtype=torch.float64, device=x.device)  # sums of log w and (log w)^2
     with contextlib.nullcontext() if reference else inference_layers(model):
-        _estimate(model, x, n_samples, k_inner, chunk, generator, result)
-    return result
+        _estimate(model, x, n_samples, k_inner, chunk, generator, result, moments)
+    mean = moments[0] / n_samples
+    var = (moments[1] / n_samples - mean.square()).clamp_min(0.0) * (n_samples / max(n_samples - 1, 1))
+    return LikelihoodEstimate(result, mean, (var / n_samples).sqrt())
 
 
 def _estimate(
     model: LatentVariableModel, x: torch.Tensor, n_samples: int, k_inner: int, chunk: int,
-    generator: torch.Generator | None, result: torch.Tensor,
+    generator: torch.Generator | None, result: torch.Tensor, moments: torch.Tensor,
 ) -> None:
     batch = x.shape[0]
     rows_per_pass = min(batch, chunk)
@@ -132,7 +164,10 @@ def _estimate(
             log_pz = _log_prior(model, z_flat, k_inner, chunk, generator).reshape(s, rows)
             log_w = log_px.double() + log_pz - log_q.double()
             running = torch.logaddexp(running, torch.logsumexp(log_w, dim=0))
+            moments[0, r0 : r0 + rows] += log_w.sum(dim=0)
+            moments[1, r0 : r0 + rows] += log_w.square().sum(dim=0)
         result[r0 : r0 + rows] = running - math.log(n_samples)
 
 
-__all__ = ["DEFAULT_CHUNK", "GPU_MAX_CHUNK", "default_chunk", "importance_weighted_bound", "log_likelihood"]
+__all__ = ["DEFAULT_CHUNK", "GPU_MAX_CHUNK", "LikelihoodEstimate", "default_chunk", "importance_weighted_bound",
+           "log_likelihood", "log_likelihood_and_elbo"]
