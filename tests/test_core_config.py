@@ -81,6 +81,9 @@ def test_model_config_round_trips_through_asdict_with_lists() -> None:
         ("auto_threshold", -0.01),
         ("auto_max_steps", 0),
         ("auto_max_steps", True),
+        ("auto_probe_steps", -1),
+        ("auto_probe_share", 0.0),
+        ("auto_probe_share", 1.5),
     ],
 )
 def test_constraint_config_rejects_bad_values(field: str, value: object) -> None:
@@ -94,6 +97,7 @@ def test_constraint_config_defaults_are_the_authors() -> None:
     assert fields == [
         "kappa", "variant", "alpha", "nu", "tau", "lambda_every", "step_min", "step_max", "lambda_min",
         "lambda_max", "lambda_init", "geco_nu", "auto_slack", "auto_window", "auto_threshold", "auto_max_steps",
+        "auto_probe_steps", "auto_probe_share",
     ]
     assert (cfg.variant, cfg.alpha, cfg.nu, cfg.tau, cfg.lambda_every) == ("authors", 0.99, 1.0, 100.0, 100)
     assert (cfg.step_min, cfg.step_max, cfg.lambda_min, cfg.lambda_max, cfg.lambda_init) == (0.9, 1.05, 1e-6, 1e8, 1.0)

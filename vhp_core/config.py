@@ -17,6 +17,7 @@ MODEL_NAMES = ("vhp", "vhp-iw", "vhp-geco", "iwae", "vae", "vamp")
 HIERARCHICAL_MODELS = ("vhp", "vhp-iw", "vhp-geco")  # the models with the learned prior of METHOD §2
 REWO_VARIANTS = ("authors", "earlier")
 LIKELIHOOD_NAMES = ("gaussian", "bernoulli")
+STD_CALIBRATIONS = ("none", "batch", "average")  # Gaussian sigma: fixed/learned, or sigma^2 = MSE per batch / averaged
 NETWORK_NAMES = ("mlp", "conv")
 ACTIVATION_NAMES = ("tanh", "relu", "elu", "softplus", "leaky_relu", "gelu", "silu", "sigmoid")
 PRECISION_NAMES = ("fp32", "bf16")  # what a model runs in; params also take "auto" (networks.resolve_precision)
@@ -60,6 +61,9 @@ class ModelConfig:
     hierarchical prior's p_Theta(z|zeta) and q_Phi(zeta|z); () makes both
     linear-Gaussian. k_inner: K zeta samples in the bound F during training. k_iw: samples of z
     in the outer importance-weighted bound ('iwae', 'vhp-iw').
+    gaussian_std, learn_std, std_calibration, std_per_dim: the Gaussian decoder's sigma:
+    fixed at gaussian_std, learned (a scalar log sigma), or calibrated (sigma^2 = the mean
+    squared error, per batch or a moving average, one sigma or one per dimension).
     precision: 'bf16' runs the network layers under autocast on the data's device; densities,
     likelihood sums and logsumexp stay in the parameters' dtype.
     """
@@ -73,6 +77,8 @@ class ModelConfig:
     activation: str = "tanh"
     gaussian_std: float = 1.0
     learn_std: bool = False
+    std_calibration: str = "none"
+    std_per_dim: bool = False
     zeta_dim: int = 2
     prior_hidden: tuple[int, ...] = (256, 256)
     k_inner: int = 16
@@ -109,6 +115,11 @@ class ModelConfig:
             "a finite number > 0",
         )
         _require(isinstance(self.learn_std, bool), "learn_std", self.learn_std, "a bool")
+        _require(self.std_calibration in STD_CALIBRATIONS, "std_calibration", self.std_calibration,
+                 f"one of {STD_CALIBRATIONS}")
+        _require(isinstance(self.std_per_dim, bool), "std_per_dim", self.std_per_dim, "a bool")
+        _require(not (self.learn_std and self.std_calibration != "none"), "learn_std", self.learn_std,
+                 "False when std_calibration is set (sigma is learned or calibrated, not both)")
 
     @property
     def data_dim(self) -> int:

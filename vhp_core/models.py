@@ -130,7 +130,8 @@ class LatentVariableModel(nn.Module):
         else:
             self.encoder = conv_encoder(c.latent_dim, c.hidden, c.activation, c.precision)
             self.decoder = conv_decoder(c.latent_dim, c.hidden, c.activation, c.precision)
-        self.likelihood = build_likelihood(c.likelihood, c.gaussian_std, c.learn_std)
+        self.likelihood = build_likelihood(c.likelihood, c.gaussian_std, c.learn_std, c.std_calibration,
+                                           c.std_per_dim, c.data_dim)
         self.data_dim = c.data_dim
 
     @property
