@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from pipelines.checkpoint import CheckpointError, atomic_torch_save, config_to_dict, load_payload
 from pipelines.data import TrainingData
 from pipelines.params import TrainParams
+from pipelines.validation import Selection, Validation
 from pipelines.errors import NonFiniteTrainingError, TrainingError
 from vhp_core import ConstraintConfig, ConstraintState, ModelConfig, constraint_rule, train_step
 from vhp_core.training import restore_rng_states, rng_states
@@ -107,6 +108,7 @@ class FitResult:
     last_epoch_terms: dict[str, float]
     seconds: float
     samples: int
+    selection: Selection = dataclasses.field(default_factory=Selection)  # val history; model = its best
 
 
 @dataclass
@@ -124,6 +126,7 @@ class _Progress:
     activation_step: int | None = None
     best_c_hat: float = math.inf
     epoch_sums: dict[str, float] = dataclasses.field(default_factory=dict)
+    selection: Selection = dataclasses.field(default_factory=Selection)
 
 
 def _save(path: Path, model, optimiser, config, ccfg, fp: str, gen: torch.Generator, p: _Progress,
@@ -137,6 +140,7 @@ def _save(path: Path, model, optimiser, config, ccfg, fp: str, gen: torch.Genera
         "constraint_state": dataclasses.asdict(p.state),
         "step": p.step, "epoch": p.epoch, "batch_index": p.batch_index, "attempts": p.attempts,
         "perm": p.perm,
+        "selection": p.selection.to_dict(),
         **rng_states(device),  # the CPU generator, and the CUDA ones when training there
         "shuffle_rng": gen.get_state(),
         "curves": p.curves,
@@ -173,6 +177,7 @@ def _resume(path: Path, fp: str, model, optimiser, gen: torch.Generator, device)
         skipped=int(ck["skipped_steps"]),
         activation_step=None if ck["prior_activation_step"] < 0 else int(ck["prior_activation_step"]),
         best_c_hat=float(ck["best_c_hat"]), epoch_sums=dict(ck["epoch_sums"]),
+        selection=Selection.from_dict(ck.get("selection")),
     )
 
 
@@ -203,6 +208,7 @@ def fit(
     device: torch.device | str = "cpu",
     hooks: StepHooks = StepHooks(),
     on_progress: Callable[[int, int, ConstraintState], None] | None = None,
+    validation: Validation | None = None,
 ) -> FitResult:
     """Train ``model`` on ``data``; resume from ``checkpoint_path`` when it matches.
 
@@ -210,6 +216,9 @@ def fit(
     the last checkpoint behind; it exists for tests and for time-boxed runs.
     ``on_progress(step, total_steps, state)`` is called at every percent of the run
     (the Prefect flow turns it into a progress artifact).
+    ``validation`` scores the val split every ``validation.every`` steps; a run that ends
+    (not one stopped early) leaves the model at its best val ELBO among the steps where
+    the bound was the model's own (``pipelines.validation``).
     """
     t0 = time.perf_counter()
     fp = fingerprint(config, ccfg, params, seed, data.data_id)
@@ -280,12 +289,16 @@ def fit(
                                     prior="on" if p.state.prior_active else "off", refresh=False)
                 if on_progress is not None and hooks.main and p.step % max(1, steps // 100) == 0:
                     on_progress(p.step, steps, p.state)
+                if validation is not None and hooks.main and validation.due(p.step, p.step == steps):
+                    validation.consider(p.selection, p.step, model, p.state, constraint_rule(config.model))
                 if p.step % params.checkpoint_every == 0 and hooks.main:
                     _save(checkpoint_path, model, optimiser, config, ccfg, fp, gen, p, device)
                 if stop_after_steps is not None and p.step >= stop_after_steps:
                     raise _Interrupted()
             p.epoch += 1
             p.batch_index = 0
+        if p.selection.best_state is not None and hooks.main:
+            model.load_state_dict(p.selection.best_state)
     except _Interrupted:
         pass
     finally:
@@ -295,4 +308,4 @@ def fit(
                      resumed_from=resumed_from, skipped_steps=p.skipped, prior_activation_step=p.activation_step,
                      best_c_hat=p.best_c_hat,
                      last_epoch_terms={k: v / n for k, v in p.epoch_sums.items() if k != "n"},
-                     seconds=time.perf_counter() - t0, samples=samples)
+                     seconds=time.perf_counter() - t0, samples=samples, selection=p.selection)

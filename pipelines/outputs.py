@@ -18,7 +18,9 @@ import numpy as np
 import torch
 
 from pipelines.checkpoint import atomic_torch_save, atomic_write_json, atomic_write_text, config_to_dict
+from pipelines.diagnostics import constraint_diagnostics, lambda_moved, sigma_summary
 from pipelines.fit import CURVE_COLUMNS, FitResult
+from pipelines.validation import VAL_COLUMNS, val_tsv
 from pipelines.params import TrainParams
 from vhp_core import ConstraintConfig, ModelConfig, constraint_rule
 
@@ -70,11 +72,14 @@ def curves_tsv(curves: list[list[float]]) -> str:
 
 def write_outputs(result: FitResult, config: ModelConfig, ccfg: ConstraintConfig,
                   params: TrainParams, seed: int, out_dir: Path, test: dict[str, float],
-                  dataset_name: str, device: str = "cpu") -> dict[str, Any]:
+                  dataset_name: str, device: str = "cpu",
+                  evaluated: dict[str, dict[str, float]] | None = None) -> dict[str, Any]:
     """model.pt, metrics.json, curves.tsv, curves.png and timing.json, each atomically.
 
     ``device`` is the kind of device the model trained on ('cpu', 'cuda'); it and the
-    resolved precision go into metrics.json and model.pt.
+    resolved precision go into metrics.json and model.pt. ``evaluated``: the 'val' terms
+    and 'train_eval' (training points scored as val and test are) of the final model, with
+    a val split; its val curve goes to val_curves.tsv.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -101,7 +106,11 @@ def write_outputs(result: FitResult, config: ModelConfig, ccfg: ConstraintConfig
         "prior_activation_step": result.prior_activation_step,
         "constraint_warning": constraint_report(result, config.model),
         "skipped_steps": result.skipped_steps,
+        **constraint_diagnostics(result.state, config.model),
+        "sigma": sigma_summary(result.model),
+        "selected_step": result.selection.best_step,
         "train": {k: float(v) for k, v in result.last_epoch_terms.items()},
+        **{k: {n: float(v) for n, v in terms.items()} for k, terms in (evaluated or {}).items()},
         "test": {k: float(v) for k, v in test.items()},
     }
     payload = {
@@ -114,11 +123,15 @@ def write_outputs(result: FitResult, config: ModelConfig, ccfg: ConstraintConfig
         "seed": seed,
         "dataset": dataset_name,
         "device": device,
+        "sigma": metrics["sigma"],
+        "selected_step": result.selection.best_step,
     }
     atomic_torch_save(out_dir / "model.pt", payload)
+    if result.selection.rows:
+        atomic_write_text(out_dir / "val_curves.tsv", val_tsv(result.selection.rows))
     atomic_write_text(out_dir / "curves.tsv", curves_tsv(result.curves))
     plot_curves(result.curves, out_dir / "curves.png", title=f"{config.model} on {dataset_name}",
-                kappa_squared=kappa_sq)
+                kappa_squared=kappa_sq, val_rows=result.selection.rows)
     atomic_write_json(out_dir / "metrics.json", metrics)
     # wall-clock figures live apart from metrics.json so that metrics are reproducible
     atomic_write_json(out_dir / "timing.json", {
@@ -130,18 +143,24 @@ def write_outputs(result: FitResult, config: ModelConfig, ccfg: ConstraintConfig
     return metrics
 
 
-def plot_curves(curves: list[list[float]], path: Path, title: str, kappa_squared: float | None) -> None:
-    """Training curves as a PNG (lambda, C_hat against kappa^2, loss terms)."""
+def plot_curves(curves: list[list[float]], path: Path, title: str, kappa_squared: float | None,
+                val_rows: list[list[float]] | None = None) -> None:
+    """Training curves as a PNG: lambda (only when it moved; otherwise C_hat against kappa^2
+    carries the story), C_hat against kappa^2, loss terms, and train against val ELBO."""
     from pipelines.figures import new_figure, save_figure
 
     arr = np.asarray(curves, dtype=float).reshape(-1, len(CURVE_COLUMNS))
     col = {name: i for i, name in enumerate(CURVE_COLUMNS)}
-    fig = new_figure(13, 3.4)
-    axes = fig.subplots(1, 3)
+    moved = lambda_moved(curves, col["lambda"])
+    n_panels = 2 + int(moved) + int(bool(val_rows))
+    fig = new_figure(4.4 * n_panels, 3.4)
+    panels = list(np.atleast_1d(fig.subplots(1, n_panels)))
+    axes = ([panels.pop(0)] if moved else [None]) + panels
     steps = arr[:, col["step"]]
-    axes[0].plot(steps, arr[:, col["lambda"]], color="C3")
-    axes[0].set_yscale("log")
-    axes[0].set_title("λ")
+    if moved:
+        axes[0].plot(steps, arr[:, col["lambda"]], color="C3")
+        axes[0].set_yscale("log")
+        axes[0].set_title("λ")
     axes[1].plot(steps, arr[:, col["c_hat"]], label="Ĉ (moving average)")
     axes[1].plot(steps, arr[:, col["reconstruction"]], alpha=0.4, label="C (batch)")
     if kappa_squared is not None:
@@ -153,7 +172,16 @@ def plot_curves(curves: list[list[float]], path: Path, title: str, kappa_squared
     axes[2].plot(steps, arr[:, col["regulariser"]], label="KL or log q − F")
     axes[2].set_title("loss terms (per data point)")
     axes[2].legend(fontsize=8)
+    if val_rows:
+        val = np.asarray(val_rows, dtype=float).reshape(-1, len(VAL_COLUMNS))
+        vcol = {name: i for i, name in enumerate(VAL_COLUMNS)}
+        axes[3].plot(val[:, vcol["step"]], val[:, vcol["train_elbo"]], label="train")
+        axes[3].plot(val[:, vcol["step"]], val[:, vcol["val_elbo"]], label="val")
+        axes[3].set_title("ELBO, train against val")
+        axes[3].legend(fontsize=8)
     for ax in axes:
+        if ax is None:
+            continue
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     fig.suptitle(title)

@@ -25,6 +25,7 @@ from pipelines.params_file import (  # noqa: F401  (re-exported: the reader besi
 from vhp_core.config import MODEL_NAMES
 AUTO = "auto"        # train.kappa.<dataset>: auto -> chosen from the data (METHOD §4)
 LEARNED = "learned"  # train.gaussian_std.<dataset>: learned -> a learned scalar sigma
+CALIBRATED = "calibrated"  # train.gaussian_std.<dataset>: sigma^2 = the mean squared error (train.calibration)
 
 
 def _check(condition: bool, message: str) -> None:
@@ -84,11 +85,24 @@ class ConstraintParams:
     auto_window: int
     auto_threshold: float
     auto_max_fraction: float
+    auto_probe_steps: int
+    auto_probe_share: float
 
     def __post_init__(self) -> None:
         _check(self.variant in ("authors", "earlier"), f"variant must be authors or earlier, got {self.variant!r}")
         _check(0.0 < self.auto_max_fraction < 1.0,
                f"auto_max_fraction must be in (0, 1), got {self.auto_max_fraction}")
+
+
+@dataclass(frozen=True)
+class CalibrationParams:
+    """``train.calibration``: the calibrated Gaussian decoder (``gaussian_std: calibrated``)."""
+
+    variant: str    # batch | average
+    per_dim: bool   # one sigma per data dimension
+
+    def __post_init__(self) -> None:
+        _check(self.variant in ("batch", "average"), f"variant must be batch or average, got {self.variant!r}")
 
 
 @dataclass(frozen=True)
@@ -110,8 +124,10 @@ class TrainParams:
     max_train_samples: int
     memory_budget_mb: int
     require_constraint: bool
+    val_every: int   # steps between evaluations of the val split's bound; 0 = none
     kappa: dict[str, float | str]
     gaussian_std: dict[str, float | str]
+    calibration: CalibrationParams
     network: dict[str, str]
     model: ModelParams
     constraint: ConstraintParams
@@ -119,7 +135,7 @@ class TrainParams:
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "checkpoint_every", "log_every", "max_nonfinite"):
             _check(getattr(self, name) > 0, f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("max_train_samples", "warmup_steps", "memory_budget_mb"):
+        for name in ("max_train_samples", "warmup_steps", "memory_budget_mb", "val_every"):
             _check(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
         _check(self.lr > 0, f"lr must be positive, got {self.lr}")
         _check(self.lr_schedule in ("constant", "cosine", "step"),
@@ -132,8 +148,8 @@ class TrainParams:
             _check(kappa == AUTO or (isinstance(kappa, float) and kappa > 0),
                    f"kappa.{name} must be 'auto' or a number > 0, got {kappa!r}")
         for name, std in self.gaussian_std.items():
-            _check(std == LEARNED or (isinstance(std, float) and std > 0),
-                   f"gaussian_std.{name} must be 'learned' or a number > 0, got {std!r}")
+            _check(std in (LEARNED, CALIBRATED) or (isinstance(std, float) and std > 0),
+                   f"gaussian_std.{name} must be 'calibrated', 'learned' or a number > 0, got {std!r}")
         for name, net in self.network.items():
             _check(net in ("mlp", "conv"), f"network.{name} must be mlp or conv, got {net!r}")
         for table in ("kappa", "gaussian_std", "network"):

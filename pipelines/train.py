@@ -27,8 +27,9 @@ from prefect.logging import get_run_logger
 from pipelines.data import TrainingData, load_training_data
 from pipelines.fit import FitResult, StepHooks, fit, total_steps
 from pipelines.outputs import constraint_report, test_terms, write_outputs
-from pipelines.params import AUTO, LEARNED, BaseParams, TrainParams
+from pipelines.params import AUTO, CALIBRATED, LEARNED, BaseParams, TrainParams
 from pipelines.errors import ConstraintNotMetError, TrainingError
+from pipelines.validation import validation_for
 from pipelines.runtime import resolve_device, run_lock, set_determinism, set_threads
 from vhp_core import ConstraintConfig, ModelConfig, build_model
 from vhp_core.networks import resolve_precision
@@ -47,8 +48,10 @@ def model_config(params: TrainParams, dataset: str, model: str, x_shape: tuple[i
         likelihood=likelihood,
         network=params.network[dataset],
         precision=resolve_precision(params.precision, device),
-        gaussian_std=1.0 if std == LEARNED else float(std),
+        gaussian_std=1.0 if std in (LEARNED, CALIBRATED) else float(std),
         learn_std=std == LEARNED,
+        std_calibration=params.calibration.variant if std == CALIBRATED else "none",
+        std_per_dim=params.calibration.per_dim if std == CALIBRATED else False,
         **dataclasses.asdict(params.model),
     )
 
@@ -106,8 +109,10 @@ def train_one(
     model = build_model(config)
     model.to(device_)
     step_hooks = StepHooks() if hooks is None else hooks(model, data)
+    validation = validation_for(dataset, params.val_every, seed, data.n)
     result = fit(model, config, ccfg, data, params, seed, Path(checkpoint_path), progress=progress,
-                 stop_after_steps=stop_after_steps, device=device_, hooks=step_hooks, on_progress=on_progress)
+                 stop_after_steps=stop_after_steps, device=device_, hooks=step_hooks, on_progress=on_progress,
+                 validation=validation)
     if stop_after_steps is not None and result.step < total_steps(data.n, params):
         return result, None
     # Every process decides, and data-parallel ones decide together, before any writes:
@@ -122,8 +127,10 @@ def train_one(
     if not step_hooks.main:
         return result, None
     terms = test_terms(result.model, dataset, seed)  # on the training device, in the training precision
+    evaluated = None if validation is None else {
+        "val": validation.terms(result.model), "train_eval": validation.terms(result.model, validation.train_x)}
     metrics = write_outputs(result, config, ccfg, params, seed, Path(out_dir), terms, dataset_name,
-                            device=device_.type)
+                            device=device_.type, evaluated=evaluated)
     return result, metrics
 
 
@@ -148,8 +155,12 @@ def train_task(dataset_name: str, model_name: str, data_path: str, out_dir: str,
 
     def report(step: int, steps: int, state: Any) -> None:
         update_progress_artifact(artifact, progress=100.0 * step / steps,
-                                 description=f"step {step}/{steps}: lambda {state.lambda_:.3g}, "
-                                             f"C_hat {state.c_hat:.3g}, prior {'on' if state.prior_active else 'off'}")
+                                 description=f"step {step}/{steps}: lambda {state.lambda_:.3g} "
+                                             f"(max {state.lambda_peak:.3g} at step {state.lambda_peak_step}; "
+                                             f"violated at {state.violated}/{state.updates} updates), "
+                                             f"C_hat {state.c_hat:.3g}, kappa^2 "
+                                             f"{'-' if state.kappa_sq is None else format(state.kappa_sq, '.3g')}, "
+                                             f"prior {'on' if state.prior_active else 'off'}")
 
     _, metrics = train_one(dataset_name, model_name, Path(data_path), Path(out_dir), Path(checkpoint_path),
                            params, base.seed, base.device, progress, on_progress=report)

@@ -59,6 +59,7 @@ class FacesParams:
     image_size: int
     split_by: Literal["sample", "identity"]
     test_fraction: float
+    val_fraction: float  # share of the training samples (or identities) held out as 'val'; 0: none
     seed: int
     batch: int  # images rendered at once (small batches stay in cache)
 
@@ -76,6 +77,8 @@ class FacesParams:
             raise ValueError(f"n_identities must be >= 1, got {self.n_identities}")
         if not 0.0 < self.test_fraction < 1.0:
             raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if not 0.0 <= self.ambient <= 1.0:
             raise ValueError(f"ambient must be in [0, 1], got {self.ambient}")
 
@@ -214,8 +217,21 @@ def prepare(params: FacesParams, out: Path | str, progress: bool = True) -> None
         k = min(max(1, int(round(params.test_fraction * n))), n - 1)
         test = np.zeros(n, dtype=bool)
         test[rng.choice(n, size=k, replace=False)] = True
+    # 'val': the same unit (samples or identities) held out of the training side
+    val = np.zeros(n, dtype=bool)
+    if params.val_fraction > 0:
+        if params.split_by == "identity":
+            train_ids = np.setdiff1d(np.unique(factors["identity"]), test_ids)
+            if len(train_ids) < 2:
+                raise MeshFormatError(params.mesh_folder or params.source, None, "a val split by identity needs at least 2 training identities")
+            k = min(max(1, int(round(params.val_fraction * len(train_ids)))), len(train_ids) - 1)
+            val = np.isin(factors["identity"], rng.choice(train_ids, size=k, replace=False))
+        else:
+            train_idx = np.flatnonzero(~test)
+            k = min(max(1, int(round(params.val_fraction * len(train_idx)))), len(train_idx) - 1)
+            val[rng.choice(train_idx, size=k, replace=False)] = True
     if params.representation == "vertices":
-        flat = x[~test]
+        flat = x[~test & ~val]
         mean = flat.mean(axis=0)
         std = float(flat.std()) or 1.0
         x = ((x - mean) / std).astype(np.float32)
@@ -229,7 +245,8 @@ def prepare(params: FacesParams, out: Path | str, progress: bool = True) -> None
     if not np.isfinite(x).all():
         raise MeshFormatError(params.model_path or params.mesh_folder or params.source, None, "rendered data hold NaN or inf (degenerate mesh?)")
     arrays: dict[str, np.ndarray] = {}
-    for split, mask in (("train", ~test), ("test", test)):
+    splits = (("train", ~test & ~val), ("test", test)) + ((("val", val),) if val.any() else ())
+    for split, mask in splits:
         arrays[f"{split}/x"] = x[mask]
         arrays[f"{split}/identity"] = factors["identity"][mask]
         for key in ("azimuth", "elevation", "light"):
@@ -261,5 +278,7 @@ def prepare(params: FacesParams, out: Path | str, progress: bool = True) -> None
         "representation": params.representation,
         "identities": ids.factors,
         "renderer": "orthographic, z-buffered, Lambertian (Gouraud) shading; preprocessing.render",
+        "split": {"unit": params.split_by, "n_test": int(test.sum()), "n_val": int(val.sum()),
+                  "val_fraction": params.val_fraction},
     }
     write_dataset(out, arrays, attrs)

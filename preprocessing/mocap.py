@@ -59,9 +59,12 @@ class MocapParams:
     frame_step: int  # 120 fps -> 30 fps
     segment_frames: int  # 0: whole trials are split units; > 0: segments of this many (subsampled) frames
     test_fraction: float
+    val_fraction: float  # share of the remaining (training) units held out as 'val'; 0: none
     seed: int
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.frame_step < 1:
             raise ValueError(f"frame_step must be >= 1, got {self.frame_step}")
         if self.segment_frames < 0:
@@ -298,18 +301,26 @@ def prepare(params: MocapParams, out: Path | str, progress: bool = True) -> None
     if len(units) < 2:
         raise MocapFormatError(folder, None, f"{len(units)} split unit(s): need at least 2 to split train/test (set segment_frames > 0 to cut trials)")
     test_unit = _split_units([(str(u), trials[u[0]].motion) for u in units], params.test_fraction, params.seed)
+    # 'val': whole units of the training side, stratified the same way, for model selection
+    val_unit = np.zeros(len(units), dtype=bool)
+    train_idx = np.flatnonzero(~test_unit)
+    if params.val_fraction > 0:
+        if len(train_idx) < 2:
+            raise MocapFormatError(folder, None, f"{len(train_idx)} training unit(s): need at least 2 to hold out a val split (set val_fraction: 0 or segment_frames > 0)")
+        held = _split_units([(str(units[i]), trials[units[i][0]].motion) for i in train_idx], params.val_fraction, params.seed + 1)
+        val_unit[train_idx[held]] = True
 
     classes = {
         "motion": sorted({t.motion for t in trials}),
         "subject": sorted({t.subject for t in trials}),
         "trial": sorted({t.trial for t in trials}),
     }
-    parts: dict[str, dict[str, list[np.ndarray]]] = {s: {k: [] for k in ("x", "motion", "subject", "trial", "frame")} for s in ("train", "test")}
-    for (ti, begin, end), is_test in zip(units, test_unit):
+    parts: dict[str, dict[str, list[np.ndarray]]] = {s: {k: [] for k in ("x", "motion", "subject", "trial", "frame")} for s in ("train", "test") + (("val",) if val_unit.any() else ())}
+    for (ti, begin, end), is_test, is_val in zip(units, test_unit, val_unit):
         t = trials[ti]
         degrees = t.motion_data.in_degrees()[:: params.frame_step][begin:end][:, col]
         raw, feature_names = encode(degrees, channels, params.angle_encoding)
-        split = parts["test" if is_test else "train"]
+        split = parts["test" if is_test else "val" if is_val else "train"]
         n = len(raw)
         split["x"].append(raw)
         split["motion"].append(np.full(n, classes["motion"].index(t.motion), dtype=np.int64))
@@ -360,6 +371,9 @@ def prepare(params: MocapParams, out: Path | str, progress: bool = True) -> None
             "n_units": len(units),
             "n_test_units": int(test_unit.sum()),
             "test_trials": test_trials,
+            "n_val_units": int(val_unit.sum()),
+            "val_trials": sorted({trials[u[0]].trial for u, v in zip(units, val_unit) if v}),
+            "val_fraction": params.val_fraction,
         },
         "counts": {
             "trials": len(trials),

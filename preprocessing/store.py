@@ -4,6 +4,8 @@ Layout (zarr format 3, after the zarr user guide's advice on chunking and attrib
 
     <name>.zarr/
         train/x, test/x           float32 (n, *x_shape), chunked along the sample axis only
+        val/x, val/<label>        optional (schema 2): whole training trials/segments held out
+                                  for model selection, recorded in attrs['split']
         train/<label>, test/<label>   int64 (categorical codes, or integer indices) or float32
         test/x_binarised ...      optional extra arrays shaped like x
         attrs: schema_version, dataset, likelihood, x_shape, feature_names, units,
@@ -47,7 +49,8 @@ __all__ = [
     "identity_normalisation",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the optional 'val' split; groups of version 1 (no val) are still read
+READABLE_SCHEMAS = (1, 2)
 CHUNK_BYTES = 2 * 2**20  # target bytes of one chunk (whole samples)
 LIKELIHOODS = ("gaussian", "bernoulli")
 LABEL_KINDS = ("categorical", "continuous")
@@ -65,6 +68,7 @@ REQUIRED_ATTRS = (
     "stand_in",
 )
 SPLITS = ("train", "test")
+OPTIONAL_SPLITS = ("val",)
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,7 @@ class Dataset:
     test: Split
     likelihood: str  # 'gaussian' | 'bernoulli'
     x_shape: tuple[int, ...]  # per-sample shape, e.g. (59,) or (1, 64, 64)
+    val: Split | None = None  # held-out training trials for model selection (schema 2), if prepared
 
 
 # --------------------------------------------------------------------------- normalisation
@@ -150,8 +155,8 @@ def _check_arrays(path: Path, arrays: Mapping[str, np.ndarray], attrs: Mapping[s
     """Refuse to write what ``open_dataset`` would refuse to read."""
     for name, arr in arrays.items():
         parts = name.split("/")
-        if len(parts) != 2 or parts[0] not in SPLITS or not parts[1]:
-            raise DatasetError(path, f"array name {name!r} is not '<train|test>/<name>'")
+        if len(parts) != 2 or parts[0] not in SPLITS + OPTIONAL_SPLITS or not parts[1]:
+            raise DatasetError(path, f"array name {name!r} is not '<train|val|test>/<name>'")
         if arr.dtype not in (np.float32, np.int64):
             raise DatasetError(path, f"array {name!r} has dtype {arr.dtype}; expected float32 or int64")
         if arr.dtype == np.float32 and not np.isfinite(arr).all():
@@ -186,7 +191,8 @@ def write_dataset(path: Path | str, arrays: Mapping[str, np.ndarray], attrs: Map
     try:
         root = zarr.open_group(store=str(tmp), mode="w", zarr_format=3)
         root.attrs.update(attrs)
-        groups = {split: root.create_group(split) for split in SPLITS}
+        present = SPLITS + tuple(s for s in OPTIONAL_SPLITS if any(k.startswith(f"{s}/") for k in arrays))
+        groups = {split: root.create_group(split) for split in present}
         for name, arr in arrays.items():
             split, key = name.split("/")
             groups[split].create_array(
@@ -225,9 +231,10 @@ def _check_attrs(path: Path, attrs: Mapping[str, Any]) -> tuple[str, tuple[int, 
     missing = [k for k in REQUIRED_ATTRS if k not in attrs]
     _require(not missing, path, f"schema mismatch: missing attributes {missing}")
     _require(
-        attrs["schema_version"] == SCHEMA_VERSION,
+        attrs["schema_version"] in READABLE_SCHEMAS,
         path,
-        f"schema mismatch: schema_version {attrs['schema_version']!r}, this code reads {SCHEMA_VERSION}",
+        f"schema mismatch: schema_version {attrs['schema_version']!r}, this code reads "
+        f"{' and '.join(map(str, READABLE_SCHEMAS))} (rerun the prepare stage)",
     )
     _require(isinstance(attrs["dataset"], str) and attrs["dataset"] != "", path, "attribute 'dataset' must be a name")
     likelihood = attrs["likelihood"]
@@ -313,7 +320,9 @@ def open_dataset(path: Path | str, check_values: bool = True) -> Dataset:
     likelihood, x_shape = _check_attrs(path, attrs)
     label_specs = attrs["labels"]
     splits = {}
-    for split in SPLITS:
+    for split in SPLITS + OPTIONAL_SPLITS:
+        if split in OPTIONAL_SPLITS and split not in root:
+            continue
         _require(split in root and isinstance(root[split], zarr.Group), path, f"missing group '{split}'")
         group = root[split]
         _require("x" in group, path, f"missing array '{split}/x'")
@@ -350,4 +359,5 @@ def open_dataset(path: Path | str, check_values: bool = True) -> Dataset:
         test=splits["test"],
         likelihood=likelihood,
         x_shape=x_shape,
+        val=splits.get("val"),
     )

@@ -161,7 +161,8 @@ def test_prepare_procedural_faces(tmp_path: Path) -> None:
     prepare(params, tmp_path / "faces.zarr", progress=False)
     ds = open_dataset(tmp_path / "faces.zarr")
     assert ds.attrs["stand_in"] is True and ds.attrs["source"] == "procedural"
-    assert ds.x_shape == (1, 64, 64) and len(ds.train) + len(ds.test) == 48 and len(ds.test) == 12
+    assert ds.val is not None and len(ds.val) == round(0.15 * 36) == ds.attrs["split"]["n_val"]
+    assert ds.x_shape == (1, 64, 64) and len(ds.train) + len(ds.val) + len(ds.test) == 48 and len(ds.test) == 12
     x = ds.train.x[:]
     assert x.min() >= 0 and x.max() <= 1
     az = np.concatenate([ds.train.labels["azimuth"][:], ds.test.labels["azimuth"][:]])
@@ -175,8 +176,9 @@ def test_prepare_split_by_identity_and_vertices(tmp_path: Path) -> None:
     ds = open_dataset(tmp_path / "v.zarr")
     n_vertices = len(procedural_head(sample_head_identity(np.random.default_rng(0))).vertices)
     assert ds.x_shape == (3 * n_vertices,)
-    assert len(ds.train) + len(ds.test) == 5 * 3 * 2  # light does not move vertices
-    assert not set(ds.train.labels["identity"][:].tolist()) & set(ds.test.labels["identity"][:].tolist())
+    assert len(ds.train) + len(ds.val) + len(ds.test) == 5 * 3 * 2  # light does not move vertices
+    ids = {k: set(getattr(ds, k).labels["identity"][:].tolist()) for k in ("train", "val", "test")}
+    assert ids["val"] and not ids["train"] & ids["test"] and not ids["val"] & (ids["train"] | ids["test"])
 
 
 def write_mesh_folder(folder: Path, n: int) -> Path:

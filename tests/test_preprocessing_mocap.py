@@ -520,7 +520,12 @@ def test_prepare_splits_by_trial_and_inverts(tmp_path: Path) -> None:
     train_trials = set(ds.train.labels["trial"][:].tolist())
     test_trials = set(ds.test.labels["trial"][:].tolist())
     assert train_trials and test_trials and not train_trials & test_trials
-    assert len(ds.train) + len(ds.test) == 50
+    # val: whole training trials held out (val_fraction of params.yaml), recorded in the attributes
+    assert ds.val is not None
+    val_trials = set(ds.val.labels["trial"][:].tolist())
+    assert val_trials and not val_trials & (train_trials | test_trials)
+    assert a["split"]["n_val_units"] == len(val_trials) and len(a["split"]["val_trials"]) == len(val_trials)
+    assert len(ds.train) + len(ds.val) + len(ds.test) == 50
     # Standardised with train statistics; undoing it gives the parsed degrees exactly (float32).
     x = ds.train.x[:]
     np.testing.assert_allclose(x.mean(axis=0)[x.std(axis=0) > 0], 0, atol=1e-5)

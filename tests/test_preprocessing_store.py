@@ -53,7 +53,7 @@ def test_round_trip_is_exact(tmp_path: Path) -> None:
     write_dataset(tmp_path / "toy.zarr", arrays, _attrs())
     ds = open_dataset(tmp_path / "toy.zarr")
     assert ds.name == "toy" and ds.likelihood == "gaussian" and ds.x_shape == (3,)
-    assert ds.attrs["schema_version"] == 1
+    assert ds.attrs["schema_version"] == 2 and ds.val is None
     for split in ("train", "test"):
         part = getattr(ds, split)
         np.testing.assert_array_equal(part.x[:], arrays[f"{split}/x"])
@@ -160,3 +160,23 @@ def test_attributes_must_be_json(tmp_path: Path) -> None:
         write_dataset(tmp_path / "toy.zarr", _arrays(), _attrs(params={"f": float("nan")}))
     assert not list(tmp_path.iterdir())
     json.dumps(_attrs())  # the fixture itself is plain JSON
+
+
+def test_val_split_round_trips_and_schema_1_groups_still_open(tmp_path: Path) -> None:
+    arrays = _arrays()
+    rng = np.random.default_rng(1)
+    arrays.update({"val/x": rng.standard_normal((7, 3)).astype(np.float32),
+                   "val/kind": rng.integers(0, 2, 7).astype(np.int64), "val/t": rng.random(7).astype(np.float32)})
+    write_dataset(tmp_path / "toy.zarr", arrays, _attrs())
+    ds = open_dataset(tmp_path / "toy.zarr")
+    assert ds.val is not None
+    np.testing.assert_array_equal(ds.val.x[:], arrays["val/x"])
+    np.testing.assert_array_equal(ds.val.labels["kind"][:], arrays["val/kind"])
+    # a group written before the val split (schema 1) opens, without val
+    write_dataset(tmp_path / "old.zarr", _arrays(), _attrs(schema_version=1))
+    old = open_dataset(tmp_path / "old.zarr")
+    assert old.attrs["schema_version"] == 1 and old.val is None
+    # a val split missing a label array is refused, naming it
+    del arrays["val/t"]
+    with pytest.raises(DatasetError, match="val/t"):
+        write_dataset(tmp_path / "bad.zarr", arrays, _attrs())
