@@ -1,0 +1,131 @@
+"""bench/gpu.py's set-up: carried wheels, the Fashion-MNIST files, the machine, time caps and the JSON.
+
+Nothing here imports the pipeline (zarr, Prefect): the GPU machine has neither.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+# --------------------------------------------------------------------------- data
+
+FILES = {"train": "train-images-idx3-ubyte.gz", "test": "t10k-images-idx3-ubyte.gz"}
+TEST_BINARISATION_SEED = 0
+
+
+def _idx_images(path: Path) -> np.ndarray:
+    """An idx3 image file (gzip) as (N, 1, rows, cols) uint8."""
+    with gzip.open(path, "rb") as fh:
+        raw = fh.read()
+    magic, n, rows, cols = np.frombuffer(raw[:16], dtype=">u4")
+    if magic != 2051 or len(raw) != 16 + int(n) * int(rows) * int(cols):
+        raise SystemExit(f"{path}: not an idx3 image file")
+    return np.frombuffer(raw[16:], dtype=np.uint8).reshape(int(n), 1, int(rows), int(cols)).copy()
+
+
+def load_fashion_mnist(data_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Train grey levels (60000, 1, 28, 28) uint8 and a fixed binarised test set (10000, 1, 28, 28) float32.
+
+    The test set is binarised once with a seeded draw (x ~ Bernoulli(grey / 255)), as the prepare
+    stage's `test/x_binarised`; training batches are binarised afresh every time (dynamically).
+    """
+    data_dir = Path(data_dir)
+    missing = [f for f in FILES.values() if not (data_dir / f).is_file()]
+    if missing:
+        raise SystemExit(f"{data_dir}: missing {', '.join(missing)} (Debian: apt-get install dataset-fashion-mnist)")
+    train, test = (_idx_images(data_dir / FILES[k]) for k in ("train", "test"))
+    rng = np.random.default_rng(TEST_BINARISATION_SEED)
+    test_bin = (rng.random(test.shape, dtype=np.float32) < test / np.float32(255.0)).astype(np.float32)
+    return train, test_bin
+
+
+# --------------------------------------------------------------------------- machine
+
+
+def gpu_info() -> dict[str, Any]:
+    info: dict[str, Any] = {"cuda": torch.cuda.is_available(), "torch": torch.__version__,
+                            "torch_cuda": torch.version.cuda, "python": platform.python_version(),
+                            "cpus": os.cpu_count(), "load_average_start": os.getloadavg()}
+    if not info["cuda"]:
+        return info
+    props = torch.cuda.get_device_properties(0)
+    info.update(device_name=torch.cuda.get_device_name(0), device_count=torch.cuda.device_count(),
+                memory_gib=round(props.total_memory / 2**30, 1), capability=f"{props.major}.{props.minor}",
+                bf16_supported=torch.cuda.is_bf16_supported())
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version,clocks.max.sm,power.limit,utilization.gpu",
+                              "--format=csv,noheader"], capture_output=True, text=True, timeout=20)
+        info["nvidia_smi"] = out.stdout.strip()
+        info["driver"] = out.stdout.split(",")[0].strip() or None
+    except (OSError, subprocess.TimeoutExpired):
+        info["driver"] = None
+    return info
+
+
+# --------------------------------------------------------------------------- time caps
+
+
+class Deadline:
+    """The run's wall-clock budget; each phase asks for at most `cap` seconds of what is left."""
+
+    def __init__(self, total_s: float, reserve_s: float = 20.0) -> None:
+        self.t0 = time.monotonic()
+        self.total = total_s
+        self.reserve = reserve_s
+
+    def left(self) -> float:
+        return self.total - self.reserve - (time.monotonic() - self.t0)
+
+    def cap(self, seconds: float) -> float:
+        return max(0.0, min(seconds, self.left()))
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.t0
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+# --------------------------------------------------------------------------- results
+
+
+class Results:
+    """The JSON record, rewritten after every phase (to bench/results/gpu.json and copies) so a cut run keeps what it did."""
+
+    def __init__(self, paths: list[Path], data: dict[str, Any]) -> None:
+        self.paths = paths
+        self.data = data
+
+    def save(self) -> None:
+        text = json.dumps(_clean(self.data), indent=2, sort_keys=True) + "\n"
+        for path in self.paths:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(text)
+            os.replace(tmp, path)
+
+
+def _clean(value: Any) -> Any:
+    """Strict JSON: non-finite floats become null, tuples lists."""
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items() if not str(k).startswith("_")}  # _model etc.: in memory only
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (np.floating, np.integer)):
+        return _clean(value.item())
+    return value

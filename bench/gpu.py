@@ -1,0 +1,351 @@
+"""Benchmark on one CUDA GPU: correctness tests, training throughput against pythae 0.1.2, log-likelihood speed.
+
+One command, at most 8 minutes on one GPU (every phase has a time cap; the JSON is
+rewritten after each phase, so a cut run keeps what it measured):
+
+1. `pytest -m gpu tests/test_gpu.py`: bf16 precision on CUDA, bit-identical resume on CUDA,
+   data-parallel training over NCCL on every GPU present, CPU <-> GPU same log-likelihoods.
+2. Training samples/s of our vae, iwae and vhp (fp32, and `precision: auto`, which is bf16
+   on a bf16 GPU) against pythae's hand loop and pythae's own BaseTrainer, on the same GPU,
+   model and data: compare_pythae's 784-300-300-40 tanh MLPs on dynamically binarised
+   Fashion-MNIST (the 60,000 training images), Adam, batch 100. Loss curves side by side.
+   Our data live on the GPU as uint8 once; pythae's trainer uses its own DataLoader.
+3. Launch overhead: a step's time at batch 100 against batch 1000, and one lever,
+   `torch.compile(mode="reduce-overhead")` (CUDA graphs) of the network bodies, adopted
+   only where it is faster and the log-likelihood stays within tolerance.
+4. S = 5000 log-likelihood on all 10,000 test points (vae, iwae; vhp with K_eval 16),
+   and CPU <-> GPU numbers with the same draws.
+5. Goals met or missed; for a missed one a torch.profiler table says where the time goes.
+
+Imports vhp_core, torch, numpy, and pythae from carried wheels (--wheels); never the pipeline.
+Without CUDA it says so in one line, runs its CPU-side checks and exits 0; `--force-cpu
+--tiny` runs every phase on the CPU with small sizes (a check of the script itself).
+
+Run:  python bench/gpu.py --data-dir .gpu_carry/fmnist --wheels .gpu_carry/wheels --out $OUT/gpu.json
+      python bench/gpu.py --render-only     (BENCHMARKS.md's gpu section from bench/results/gpu.json)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+os.environ.setdefault("TQDM_DISABLE", "1")  # pythae's trainer draws progress bars; read when tqdm is imported
+REPO = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(REPO / "bench"), str(REPO)]
+SITE = "/tmp/vhp_gpu_site"
+
+from _gpu_wheels import install_from_argv  # noqa: E402
+
+# before torch: a carried typing_extensions or pydantic must be the one every later import sees
+WHEELS = install_from_argv(sys.argv[1:], REPO / ".gpu_carry" / "wheels", SITE)
+
+import torch  # noqa: E402
+
+from _gpu_render import render  # noqa: E402
+from _gpu_setup import Deadline, Results, gpu_info, load_fashion_mnist, sync  # noqa: E402
+
+RESULTS = REPO / "bench" / "results" / "gpu.json"
+TOTAL_S = 450.0  # 7.5 minutes: the 8-minute promise with room for start-up
+GOALS = {"train_speedup_vs_trainer": 3.0, "ll_seconds": {"vae": 30.0, "iwae": 30.0, "vhp": 120.0}}
+
+
+def phase(results: Results, name: str, fn: Callable[[], Any]) -> Any:
+    """Run one phase; its result (or its error) goes into the JSON, which is saved either way."""
+    t0 = time.perf_counter()
+    print(f"== {name}", flush=True)
+    try:
+        value = fn()
+    except Exception as err:  # a failed phase is recorded, the run goes on
+        value = {"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()[-3000:]}
+        print(f"   {name} failed: {err}", flush=True)
+    results.data.setdefault("phases_s", {})[name] = round(time.perf_counter() - t0, 1)
+    results.data[name] = value
+    results.save()
+    return value
+
+
+def run_tests(deadline: Deadline, site: str) -> dict[str, Any]:
+    try:
+        import pytest  # noqa: F401
+    except ImportError:
+        return {"skipped": "pytest is not importable here"}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([site, str(REPO), str(REPO / "tests")])}
+    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--noconftest", "-o", "addopts=", "-q",
+           "-rs", "-m", "gpu", "tests/test_gpu.py"]
+    try:
+        out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=deadline.cap(210))
+    except subprocess.TimeoutExpired as err:
+        return {"status": "timeout", "output_tail": str(err.stdout or "")[-3000:]}
+    lines = out.stdout.strip().splitlines()
+    return {"returncode": out.returncode, "summary": lines[-1] if lines else "", "output_tail": out.stdout[-4000:],
+            "stderr_tail": out.stderr[-1500:]}
+
+
+def training(args, deadline: Deadline, device: torch.device, data, pythae_ok: bool) -> dict[str, Any]:
+    from _gpu_runs import Batches, Ours, PythaeLoop, budget, time_epochs, time_trainer
+
+    train_u8 = torch.from_numpy(data[0][: args.train_n]).to(device)
+    b = budget(args.epochs)
+    rows: dict[str, Any] = {}
+    plan = [("ours", m, p) for m in ("vae", "iwae", "vhp") for p in ("fp32", "auto")]
+    plan += [("pythae-loop", m, "fp32") for m in ("vae", "iwae")] + [("pythae-trainer", m, "fp32")
+                                                                     for m in ("vae", "iwae")]
+    for i, (kind, model, precision) in enumerate(plan):
+        key = f"{kind}/{model}/{precision}"
+        cap = deadline.cap(min(args.row_cap, (deadline.left() - args.reserve_after_training) / (len(plan) - i)))
+        if cap < 3:
+            rows[key] = {"skipped": "out of time"}
+            continue
+        try:
+            batches = Batches(train_u8, b.batch_size, seed=1)
+            if kind == "ours":
+                from vhp_core.networks import resolve_precision
+
+                runner = Ours(model, resolve_precision(precision, device), b, device, len(train_u8))
+                rows[key] = {**time_epochs(runner, batches, args.epochs, cap), "precision":
+                             resolve_precision(precision, device)}
+                if precision == "fp32":
+                    rows[key]["_model"] = runner.model  # kept for the log-likelihood phase (not saved)
+            elif not pythae_ok:
+                rows[key] = {"skipped": "pythae is not importable"}
+            elif kind == "pythae-loop":
+                rows[key] = time_epochs(PythaeLoop(model, b, device), batches, args.epochs, cap)
+            else:
+                rows[key] = time_trainer(model, b, data[0], min(args.train_n, args.trainer_n), device.type == "cuda")
+        except Exception as err:
+            rows[key] = {"error": f"{type(err).__name__}: {err}"}
+        shown = {k: v for k, v in rows[key].items() if k in ("samples_per_s", "error", "skipped")}
+        print(f"   {key}: {shown}", flush=True)
+    return rows
+
+
+def launch_overhead(args, deadline: Deadline, device: torch.device, data, trained: dict[str, Any]) -> dict[str, Any]:
+    """A step at batch 100 and 1000, and the CUDA-graph lever with its log-likelihood check."""
+    from _gpu_runs import Batches, Ours, budget, step_time_ms
+
+    train_u8 = torch.from_numpy(data[0][: args.train_n]).to(device)
+    b = budget(args.epochs)
+    runner = Ours("vae", "fp32", b, device, len(train_u8))
+    batches = Batches(train_u8, b.batch_size, seed=3)
+    out: dict[str, Any] = {"step_ms_batch_100": step_time_ms(runner, batches, 100, 50),
+                           "step_ms_batch_1000": step_time_ms(runner, batches, 1000, 20)}
+    # time per sample at batch 100 over that at batch 1000: near 10 means a step costs the same whatever its size
+    out["per_sample_cost_ratio_100_vs_1000"] = (out["step_ms_batch_100"] / 100) / (out["step_ms_batch_1000"] / 1000)
+    if (device.type != "cuda" and not args.lever_on_cpu) or deadline.left() < args.lever_min_left:
+        out["lever"] = {"skipped": "no CUDA" if device.type != "cuda" else "out of time"}
+        return out
+    try:
+        out["lever"] = _lever(args, deadline, device, train_u8, data, trained, b)
+    except Exception as err:  # the step times above stay
+        out["lever"] = {"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()[-2000:]}
+    return out
+
+
+def _lever(args, deadline: Deadline, device: torch.device, train_u8: torch.Tensor, data, trained: dict[str, Any],
+           b) -> dict[str, Any]:
+    from _gpu_runs import Batches, Ours, time_epochs, time_log_likelihood
+
+    lever: dict[str, Any] = {"mode": f"torch.compile(mode='{args.lever_mode}') of the network bodies"}
+    t0 = time.perf_counter()
+    compiled = Ours("vae", "fp32", b, device, len(train_u8), compile_mode=args.lever_mode)
+    lever["train"] = time_epochs(compiled, Batches(train_u8, b.batch_size, seed=1), args.epochs,
+                                 deadline.cap(args.row_cap + 60))
+    lever["setup_and_train_s"] = time.perf_counter() - t0
+    eager = trained.get("ours/vae/fp32", {})
+    test = torch.from_numpy(data[1][: args.lever_ll_points]).to(device)
+    if "_model" in eager:
+        cap = deadline.cap(20)
+        ll_c = time_log_likelihood(compiled.model, test, args.lever_ll_samples, None, cap)
+        ll_e = time_log_likelihood(eager["_model"], test, args.lever_ll_samples, None, cap)
+        # paired: the same points and draws (same seed) through both models
+        n = min(ll_c["points"], ll_e["points"])
+        diff = ll_c["_values"][:n] - ll_e["_values"][:n]
+        tol = max(0.05, 3 * float(diff.std(ddof=1)) / n ** 0.5) if n > 1 else 0.05
+        speedup = lever["train"]["samples_per_s"] / eager["samples_per_s"]
+        lever.update(ll_compiled=float(ll_c["_values"][:n].mean()), ll_eager=float(ll_e["_values"][:n].mean()),
+                     ll_points=n, ll_tolerance=tol, speedup=speedup,
+                     adopt=bool(abs(float(diff.mean())) <= tol and speedup > 1.1))
+    return lever
+
+
+def log_likelihoods(args, deadline: Deadline, device: torch.device, data, trained: dict[str, Any]) -> dict[str, Any]:
+    from _gpu_runs import cpu_gpu_same_numbers, time_log_likelihood
+
+    test = torch.from_numpy(data[1][: args.test_n]).to(device)
+    out: dict[str, Any] = {}
+    for name, k_eval in (("vae", None), ("iwae", None), ("vhp", args.k_eval)):
+        row = trained.get(f"ours/{name}/fp32", {})
+        if "_model" not in row:
+            out[name] = {"skipped": "no trained model"}
+            continue
+        goal = GOALS["ll_seconds"][name]
+        cap = deadline.cap(min(args.ll_cap, max(goal * 1.5, 10)))
+        out[name] = time_log_likelihood(row["_model"], test, args.samples, k_eval, cap)
+        print(f"   {name}: {out[name]['points']}/{out[name]['of']} points in {out[name]['wall_s']:.1f} s "
+              f"(full {out[name]['full_s']:.1f} s), mean {out[name]['mean']:.3f}", flush=True)
+    if device.type == "cuda":
+        for name, k_eval in (("vae", None), ("vhp", 4)):
+            if "_model" in trained.get(f"ours/{name}/fp32", {}) and deadline.left() > 30:
+                out[f"cpu_gpu_{name}"] = cpu_gpu_same_numbers(trained[f"ours/{name}/fp32"]["_model"], test[:64],
+                                                              200, k_eval)
+    return out
+
+
+def goals(results: dict[str, Any]) -> dict[str, Any]:
+    train, ll = results.get("training") or {}, results.get("log_likelihood") or {}
+    out: dict[str, Any] = {}
+    for model in ("vae", "iwae"):
+        ref = (train.get(f"pythae-trainer/{model}/fp32") or {}).get("samples_per_s")
+        loop = train.get(f"pythae-loop/{model}/fp32") or {}
+        best = None
+        for precision in ("fp32", "auto"):
+            row = train.get(f"ours/{model}/{precision}") or {}
+            if "samples_per_s" not in row or not ref:
+                continue
+            same = same_curve(row, loop)
+            ratio = row["samples_per_s"] / ref
+            if same is not False and (best is None or ratio > best["speedup"]):
+                best = {"row": f"ours/{model}/{precision}", "speedup": ratio, "same_loss_curve": same}
+        out[f"train_{model}"] = {**(best or {}), "goal": GOALS["train_speedup_vs_trainer"],
+                                 "met": bool(best and best["speedup"] >= GOALS["train_speedup_vs_trainer"])}
+    for model, limit in GOALS["ll_seconds"].items():
+        row = ll.get(model) or {}
+        out[f"ll_{model}"] = {"seconds": row.get("full_s"), "extrapolated": row.get("extrapolated"), "goal": limit,
+                              "met": bool(row.get("full_s") is not None and row["full_s"] <= limit
+                                          and row.get("of") == 10000)}
+    return out
+
+
+def same_curve(ours: dict[str, Any], theirs: dict[str, Any]) -> bool | None:
+    """Loss at the end of training within noise: |difference| <= 3 standard errors, or 1 %."""
+    a, b = ours.get("loss_tail"), theirs.get("loss_tail")
+    if not a or not b:
+        return None
+    noise = 3 * ((a["se"] or 0) ** 2 + (b["se"] or 0) ** 2) ** 0.5
+    return bool(abs(a["mean"] - b["mean"]) <= max(noise, 0.01 * abs(b["mean"])))
+
+
+def profiles(args, deadline: Deadline, device: torch.device, data, results: dict[str, Any],
+             trained: dict[str, Any]) -> dict[str, Any]:
+    """Where the time goes, for each goal missed (a short run of the same work under torch.profiler)."""
+    from _gpu_runs import Batches, Ours, budget, profile_table
+    from vhp_core import log_likelihood
+
+    out: dict[str, Any] = {}
+    for key, goal in (results.get("goals") or {}).items():
+        if goal.get("met") or deadline.left() < 25:
+            continue
+        name = key.split("_", 1)[1]
+        if key.startswith("train_") and f"ours/{name}/fp32" in trained:
+            runner = Ours(name, "fp32", budget(1), device, 2000)
+            batches = Batches(torch.from_numpy(data[0][:2000]).to(device), 100, seed=5)
+
+            def work():
+                for x in batches.epoch():
+                    runner.step(x)
+            out[key] = profile_table(work)
+        elif key.startswith("ll_") and "_model" in trained.get(f"ours/{name}/fp32", {}):
+            model = trained[f"ours/{name}/fp32"]["_model"]
+            x = torch.from_numpy(data[1][:20]).to(device)
+            k = args.k_eval if name == "vhp" else None
+            out[key] = profile_table(lambda: log_likelihood(model, x, args.samples, n_inner=k))
+    return out
+
+
+def cpu_checks(args) -> dict[str, Any]:
+    """What can be checked without a GPU: precision resolution, the data files, the estimator on the CPU."""
+    from vhp_core import ModelConfig, build_model, log_likelihood
+    from vhp_core.networks import TF32_POLICY, resolve_precision
+
+    out: dict[str, Any] = {"precision_auto_cpu": resolve_precision("auto", "cpu"), "tf32_policy": TF32_POLICY}
+    if args.data_dir and Path(args.data_dir).is_dir():
+        train, test = load_fashion_mnist(Path(args.data_dir))
+        out["data"] = {"train": list(train.shape), "test": list(test.shape), "test_ones": float(test.mean())}
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(model="vae", x_shape=(1, 28, 28), likelihood="bernoulli", latent_dim=4,
+                                    hidden=(16,)))
+    x = torch.bernoulli(torch.full((4, 1, 28, 28), 0.3), generator=torch.Generator().manual_seed(1))
+    ll = log_likelihood(model, x, 20, generator=torch.Generator().manual_seed(0))
+    out["ll_finite"] = bool(torch.isfinite(ll).all())
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data-dir", default=str(REPO / ".gpu_carry" / "fmnist"), help="Fashion-MNIST idx .gz files")
+    p.add_argument("--wheels", default=str(REPO / ".gpu_carry" / "wheels"), help="pythae and its pure-Python wheels")
+    p.add_argument("--site", default=SITE, help="where the wheels are unpacked")
+    p.add_argument("--out", action="append", default=[], help="another path to write the JSON to (repeatable)")
+    p.add_argument("--render-only", action="store_true", help="render BENCHMARKS.md's gpu section from the JSON")
+    p.add_argument("--force-cpu", action="store_true", help="run every phase on the CPU (checks the script)")
+    p.add_argument("--tiny", action="store_true", help="small sizes (with --force-cpu: a few minutes on 2 cores)")
+    p.add_argument("--skip-tests", action="store_true", help="do not run pytest -m gpu")
+    p.add_argument("--lever-on-cpu", action="store_true", help="with --force-cpu: try the compile lever too")
+    p.add_argument("--lever-mode", default="reduce-overhead", help="torch.compile mode of the lever")
+    args = p.parse_args(argv)
+    if args.render_only:
+        render(RESULTS, REPO / "BENCHMARKS.md")
+        return 0
+    sizes = dict(train_n=60000, trainer_n=60000, epochs=3, test_n=10000, samples=5000, k_eval=16, row_cap=40.0,
+                 ll_cap=150.0, reserve_after_training=200.0, lever_min_left=170.0, lever_ll_points=2000,
+                 lever_ll_samples=1000)
+    if args.tiny:
+        sizes.update(train_n=1000, trainer_n=500, epochs=2, test_n=60, samples=100, k_eval=4, row_cap=15.0,
+                     ll_cap=15.0, reserve_after_training=40.0, lever_min_left=0.0, lever_ll_points=20,
+                     lever_ll_samples=50)
+    for k, v in sizes.items():
+        setattr(args, k, v)
+    deadline = Deadline(TOTAL_S)
+    info = gpu_info()
+    if not info["cuda"] and not args.force_cpu:
+        print("bench/gpu.py: no CUDA device here; ran the CPU-side checks only, no GPU figures: "
+              f"{cpu_checks(args)}")
+        return 0
+    device = torch.device("cuda" if info["cuda"] and not args.force_cpu else "cpu")
+    if device.type == "cuda":
+        from vhp_core.networks import TF32_POLICY, apply_tf32_policy
+
+        apply_tf32_policy()
+        info["tf32_policy"] = TF32_POLICY
+    paths = [Path(o) for o in args.out] + ([RESULTS] if device.type == "cuda" else [])
+    results = Results(paths, {"machine": info, "device": device.type, "tiny": args.tiny, "sizes": sizes,
+                              "goals_set": GOALS, "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")})
+    results.save()
+    wheels = phase(results, "wheels", lambda: dict(WHEELS or {}))  # unpacked at import time, before torch
+    try:
+        import pythae
+
+        wheels["pythae"] = getattr(pythae, "__version__", None) or "imported"
+        pythae_ok = True
+    except Exception as err:  # noqa: BLE001 - reported, the pythae rows are skipped
+        wheels["pythae_error"] = f"{type(err).__name__}: {err}"
+        pythae_ok = False
+    if not args.skip_tests:
+        phase(results, "tests", lambda: run_tests(deadline, args.site))
+    data = load_fashion_mnist(Path(args.data_dir))
+    trained = phase(results, "training", lambda: training(args, deadline, device, data, pythae_ok))
+    phase(results, "launch_overhead", lambda: launch_overhead(args, deadline, device, data, trained))
+    phase(results, "log_likelihood", lambda: log_likelihoods(args, deadline, device, data, trained))
+    results.data["goals"] = goals(results.data)
+    phase(results, "profiles", lambda: profiles(args, deadline, device, data, results.data, trained))
+    sync()
+    results.data.update(load_average_end=os.getloadavg(), total_s=round(deadline.elapsed(), 1),
+                        peak_gpu_memory_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2)
+                        if device.type == "cuda" else None)
+    results.save()
+    if device.type == "cuda":
+        render(RESULTS, REPO / "BENCHMARKS.md")
+    met = {k: v.get("met") for k, v in results.data["goals"].items()}
+    print(f"done in {deadline.elapsed():.0f} s; goals met: {met}; wrote {', '.join(map(str, paths)) or 'nothing'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
