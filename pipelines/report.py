@@ -65,6 +65,18 @@ METRIC_ROWS: tuple[tuple[str, str], ...] = (
     ("c_ae", "kappa: auto: C_hat where the reconstruction-only initial phase stopped improving"),
     ("kappa_step", "kappa: auto: the step at which kappa was chosen"),
     ("final_c_hat", "C_hat (moving average of C) at the end of training"),
+    ("c_probe", "kappa: auto with a probe: mean C over the probe at lambda = 1 (kappa^2 lies between c_ae and it)"),
+    ("lambda_updates", "lambda updates made in the constrained phase"),
+    ("lambda_violated_share", "share of the lambda updates at which the constraint was violated (C_hat > kappa^2)"),
+    ("lambda_max", "largest lambda of the run"),
+    ("lambda_max_step", "step at which lambda was largest"),
+    ("sigma_final", "Gaussian decoder's sigma used for every number of this model (per dimension: geometric mean)"),
+    ("sigma_mode", "how sigma was set: calibrated (sigma^2 = MSE), learned or fixed"),
+    ("selected_step", "step of the kept model: the best val ELBO once the prior trains"),
+    ("train_eval_elbo", "ELBO of the kept model on training points (the val/test estimate)"),
+    ("val_elbo", "ELBO of the kept model on the val split (held-out training trials)"),
+    ("train_eval_reconstruction", "C of the kept model on training points"),
+    ("val_reconstruction", "C of the kept model on the val split"),
     ("knn_accuracy", "kNN motion-type accuracy in latent space, train -> test"),
     ("trajectory_smoothness", "median consecutive-frame latent step / median pairwise distance (lower is smoother)"),
     ("r2_azimuth", "held-out R^2 of a linear read-out of azimuth from z"),
@@ -77,7 +89,17 @@ METRIC_ROWS: tuple[tuple[str, str], ...] = (
     ("interp_pairs", "endpoint pairs with a graph path"),
     ("n_test", "test points"),
 )
-HIDDEN_KEYS = frozenset({"dataset", "model", "constraint_warning"})
+HIDDEN_KEYS = frozenset({"dataset", "model", "constraint_warning", "rewo_note"})
+
+
+CURVE_PANELS = (
+    ("lambda", "lambda", True),
+    ("c_hat", "C_hat (moving average of C)", True),
+    ("reconstruction", "reconstruction error C", True),
+    ("regulariser", "KL or E[log q - F]", False),
+    ("nll", "-log p(x|z)", False),
+    ("elbo", "ELBO (batch)", False),
+)
 
 
 def read_curves(path: Path, max_points: int | None = None) -> dict[str, np.ndarray]:
@@ -138,7 +160,33 @@ def _is_bad(key: str, value: Any) -> bool:
 
 # What the training stage's metrics.json adds to a model's column in the report.
 TRAINING_KEYS = ("constraint_met", "prior_active", "prior_activation_step", "kappa", "kappa_squared", "c_ae",
-                 "kappa_step", "constraint_warning")
+                 "kappa_step", "constraint_warning", "c_probe", "lambda_updates", "lambda_violated_share",
+                 "lambda_max", "lambda_max_step", "rewo_note", "selected_step")
+
+
+def _training_cells(trained: dict[str, Any]) -> dict[str, Any]:
+    """The training stage's keys of a model's column, nested values flattened (sigma, train/val terms)."""
+    cells = {k: trained.get(k) for k in TRAINING_KEYS if k in trained}
+    sigma = trained.get("sigma")
+    if isinstance(sigma, dict):
+        cells["sigma_final"], cells["sigma_mode"] = sigma.get("sigma"), sigma.get("mode")
+    for split in ("train_eval", "val"):
+        terms = trained.get(split)
+        if isinstance(terms, dict):
+            cells[f"{split}_elbo"], cells[f"{split}_reconstruction"] = terms.get("elbo"), terms.get("reconstruction")
+    return cells
+
+
+def read_val_curves(models_root: Path) -> dict[str, dict[str, dict[str, np.ndarray]]]:
+    """models/<dataset>/<model>/val_curves.tsv -> dataset -> '<model> train|val' -> {'step', 'elbo'}."""
+    out: dict[str, dict[str, dict[str, np.ndarray]]] = {}
+    for path in sorted(models_root.glob("*/*/val_curves.tsv")) if models_root.is_dir() else []:
+        table = read_curves(path)
+        if table and "val_elbo" in table:
+            for split in ("train", "val"):
+                out.setdefault(path.parent.parent.name, {})[f"{path.parent.name} {split}"] = {
+                    "step": table["step"], "elbo": table[f"{split}_elbo"]}
+    return out
 
 
 def _is_scalar(value: Any) -> bool:
@@ -230,7 +278,8 @@ def _render(eval_root: Path, models_root: Path, out: Path, params: ReportParams)
         for path in sorted(models_root.glob("*/*/metrics.json")):
             trained = _read_metrics(path)
             cell = metrics.setdefault(path.parent.parent.name, {}).setdefault(path.parent.name, {})
-            cell.update({k: trained.get(k) for k in TRAINING_KEYS if k in trained})
+            cell.update(_training_cells(trained))
+    val_curves = read_val_curves(models_root)
     curves: dict[str, dict[str, dict[str, np.ndarray]]] = {}
     if models_root.is_dir():
         for path in sorted(models_root.glob("*/*/curves.tsv")):
@@ -261,6 +310,8 @@ def _render(eval_root: Path, models_root: Path, out: Path, params: ReportParams)
             if values.get("constraint_warning"):
                 body.append(f'<p class="warning"><strong>{html.escape(model)}: constraint not met.</strong> '
                             f"{html.escape(str(values['constraint_warning']))}</p>")
+            if values.get("rewo_note"):
+                body.append(f"<p><strong>{html.escape(model)}:</strong> {html.escape(str(values['rewo_note']))}</p>")
         evaluated = _model_order(list(metrics.get(dataset, {})), params.compare)
         side = [m for m in params.compare if m in evaluated] or evaluated[:2]
         if side:
@@ -273,11 +324,21 @@ def _render(eval_root: Path, models_root: Path, out: Path, params: ReportParams)
         if dataset in curves:
             ordered = {m: curves[dataset][m] for m in _model_order(list(curves[dataset]), params.compare)}
             rel = Path("figures") / dataset / "training_curves.png"
+            # lambda is drawn only where it moved; otherwise C_hat against kappa^2 carries the story
+            moved = any(len(set(np.asarray(t.get("lambda", [])).tolist())) > 1 for t in ordered.values())
             training_curves_figure(out / rel, ordered, smoothing=params.curve_smoothing,
+                                   panels=CURVE_PANELS if moved else CURVE_PANELS[1:],
                                    title=f"training curves on {dataset} (moving average over "
                                          f"{params.curve_smoothing} logged rows)")
             body.append("<h3>Training curves</h3>")
             body.append(f'<div class="curves"><img src="{rel.as_posix()}" alt="training curves on '
+                        f'{html.escape(dataset)}"></div>')
+        if dataset in val_curves:
+            rel = Path("figures") / dataset / "train_val_elbo.png"
+            training_curves_figure(out / rel, val_curves[dataset], panels=(("elbo", "ELBO: train against val", False),),
+                                   title=f"{dataset}: train and val ELBO of the same estimate (overfitting shows as a gap)")
+            body.append("<h3>Train against val</h3>")
+            body.append(f'<div class="curves"><img src="{rel.as_posix()}" alt="train and val ELBO on '
                         f'{html.escape(dataset)}"></div>')
 
     page = (
