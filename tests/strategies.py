@@ -202,3 +202,32 @@ def plateau_sequences(draw: st.DrawFn, length: int = 800) -> tuple[list[float], 
         w = min((t - 2) / decay, 1.0)
         cs.append(second ** (1 - w) * plateau**w * (1.0 + rng.uniform(-0.05, 0.05)))
     return cs, plateau
+
+
+@dataclass(frozen=True)
+class LatentMap:
+    """z -> A z + b on a 2-D latent space; A = (scale matrix) x (rotation), with log10 of each
+    scale in [-1, 1] and the shift in [-5, 5]^2. `diagonal`: no rotation, one scale per axis."""
+
+    a: tuple[tuple[float, float], tuple[float, float]]
+    b: tuple[float, float]
+    diagonal: bool
+
+
+@st.composite
+def latent_similarities(draw: st.DrawFn) -> LatentMap:
+    """A = s R: one scale s = 10^[-1, 1] times a rotation by an angle in [0, 2 pi)."""
+    import math
+
+    s = 10.0 ** draw(st.floats(-1.0, 1.0))
+    t = draw(st.floats(0.0, 2.0 * math.pi))
+    b = (draw(st.floats(-5.0, 5.0)), draw(st.floats(-5.0, 5.0)))
+    return LatentMap(((s * math.cos(t), -s * math.sin(t)), (s * math.sin(t), s * math.cos(t))), b, False)
+
+
+@st.composite
+def latent_axis_scalings(draw: st.DrawFn) -> LatentMap:
+    """A = diag(s1, s2), each s = 10^[-1, 1] (positive: the prior's sampled noise maps exactly)."""
+    s1, s2 = 10.0 ** draw(st.floats(-1.0, 1.0)), 10.0 ** draw(st.floats(-1.0, 1.0))
+    b = (draw(st.floats(-5.0, 5.0)), draw(st.floats(-5.0, 5.0)))
+    return LatentMap(((s1, 0.0), (0.0, s2)), b, True)
