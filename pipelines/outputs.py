@@ -100,7 +100,7 @@ def write_outputs(result: FitResult, config: ModelConfig, ccfg: ConstraintConfig
         "kappa_step": result.state.kappa_step,
         "best_c_hat": result.best_c_hat,
         # None where the model has no constraint (iwae, vae, vamp)
-        "constraint_met": None if constraint_rule(config.model) == "none"
+        "constraint_met": None if constraint_rule(config.model) == "none" or ccfg.variant in ("warmup", "elbo")
         else bool(kappa_sq is not None and result.state.c_hat <= kappa_sq),
         "prior_active": bool(result.state.prior_active),
         "prior_activation_step": result.prior_activation_step,

@@ -89,7 +89,8 @@ class ConstraintParams:
     auto_probe_share: float
 
     def __post_init__(self) -> None:
-        _check(self.variant in ("authors", "earlier"), f"variant must be authors or earlier, got {self.variant!r}")
+        _check(self.variant in ("authors", "earlier", "warmup", "elbo"),
+               f"variant must be authors, earlier, warmup or elbo, got {self.variant!r}")
         _check(0.0 < self.auto_max_fraction < 1.0,
                f"auto_max_fraction must be in (0, 1), got {self.auto_max_fraction}")
 

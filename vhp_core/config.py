@@ -16,6 +16,9 @@ from typing import Any
 MODEL_NAMES = ("vhp", "vhp-iw", "vhp-geco", "iwae", "vae", "vamp")
 HIERARCHICAL_MODELS = ("vhp", "vhp-iw", "vhp-geco")  # the models with the learned prior of METHOD §2
 REWO_VARIANTS = ("authors", "earlier")
+# Controls for any model: "warmup" = REWO's reconstruction-only warm-up, then lambda = 1;
+# "elbo" = lambda = 1 with the prior learning from step 1 (no warm-up).
+CONTROL_VARIANTS = ("warmup", "elbo")
 LIKELIHOOD_NAMES = ("gaussian", "bernoulli")
 STD_CALIBRATIONS = ("none", "batch", "average")  # Gaussian sigma: fixed/learned, or sigma^2 = MSE per batch / averaged
 NETWORK_NAMES = ("mlp", "conv")
@@ -181,7 +184,8 @@ class ConstraintConfig:
     def __post_init__(self) -> None:
         if self.kappa is not None:
             _require(_is_finite_number(self.kappa) and self.kappa > 0, "kappa", self.kappa, "None (auto) or a finite number > 0")
-        _require(self.variant in REWO_VARIANTS, "variant", self.variant, f"one of {REWO_VARIANTS}")
+        _require(self.variant in REWO_VARIANTS + CONTROL_VARIANTS, "variant", self.variant,
+                 f"one of {REWO_VARIANTS + CONTROL_VARIANTS}")
         for name in (
             "alpha", "nu", "tau", "step_min", "step_max", "lambda_min", "lambda_max", "lambda_init",
             "geco_nu", "auto_slack", "auto_threshold",

@@ -18,6 +18,8 @@ step 1) and counts the step; delta = C_hat - kappa^2.
 - GECO (Rezende & Viola 2018): lambda <- lambda exp(geco_nu delta) every step, both ways;
   the prior learns from step 1.
 - 'none' (plain ELBO / IWAE): lambda = 1, the prior always learns; C_hat is still tracked.
+- Controls (cfg.variant, any model): 'warmup' = REWO's reconstruction-only warm-up, then
+  lambda = 1 for good; 'elbo' = lambda = 1 with the prior learning from step 1.
 
 kappa = None ('auto') adds a reconstruction-only phase to the constrained rules until
 `auto_kappa` has found C_ae, the plateau of the window means of C_ba (an estimate that
@@ -36,7 +38,7 @@ import math
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from .config import ConstraintConfig
+from .config import CONTROL_VARIANTS, ConstraintConfig
 
 Rule = Literal["rewo", "geco", "none"]
 Mode = Literal["reconstruction", "lagrangian"]
@@ -112,7 +114,9 @@ class ConstraintState:
         """
         _check_rule(rule)
         kappa_sq = None if cfg.kappa is None else float(cfg.kappa) ** 2
-        if rule == "rewo":
+        if cfg.variant in CONTROL_VARIANTS:  # lambda fixed at 1; 'warmup' starts with the warm-up
+            lambda_, prior_active = 1.0, cfg.variant == "elbo"
+        elif rule == "rewo":
             lambda_, prior_active = float(cfg.lambda_init), False
         elif rule == "geco":
             lambda_, prior_active = float(cfg.lambda_init), kappa_sq is not None
@@ -327,9 +331,24 @@ def fixed_update(state: ConstraintState, c_batch: float, cfg: ConstraintConfig) 
     return replace(_tracked(state, c_batch, cfg), lambda_=1.0, prior_active=True)
 
 
+def warmup_update(state: ConstraintState, c_batch: float, cfg: ConstraintConfig) -> ConstraintState:
+    """Variant 'warmup' (a control, any model): REWO's reconstruction-only initial phase, kappa
+    chosen as REWO chooses it (no probe), then lambda = 1 for good: the plain ELBO / IWAE
+    objective after the same warm-up as vhp. lambda never moves."""
+    state = _tracked(state, c_batch, cfg)
+    if state.prior_active:
+        return state
+    state = auto_kappa(state, cfg)
+    return replace(state, prior_active=state.kappa_sq is not None and state.c_hat <= state.kappa_sq)
+
+
 def update_constraint(state: ConstraintState, c_batch: float, cfg: ConstraintConfig, rule: str) -> ConstraintState:
     """Dispatch to the update of `rule` ('rewo' by cfg.variant | 'geco' | 'none')."""
     _check_rule(rule)
+    if cfg.variant == "elbo":  # control: lambda = 1 and the prior learning from step 1, any model
+        return fixed_update(state, c_batch, cfg)
+    if cfg.variant == "warmup":
+        return warmup_update(state, c_batch, cfg)
     if rule == "rewo":
         return rewo_update(state, c_batch, cfg) if cfg.variant == "authors" else earlier_rewo_update(state, c_batch, cfg)
     if rule == "geco":
@@ -347,6 +366,6 @@ def objective_mode(state: ConstraintState, cfg: ConstraintConfig, rule: str) -> 
     _check_rule(rule)
     if state.prior_active:
         return "lagrangian"
-    if (rule == "rewo" and cfg.variant == "authors") or state.kappa_sq is None:
+    if (rule == "rewo" and cfg.variant == "authors") or cfg.variant == "warmup" or state.kappa_sq is None:
         return "reconstruction"
     return "lagrangian"
