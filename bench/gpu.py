@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -79,13 +80,18 @@ def run_tests(deadline: Deadline, site: str) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([site, str(REPO), str(REPO / "tests")])}
     cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--noconftest", "-o", "addopts=", "-q",
            "-rs", "-m", "gpu", "tests/test_gpu.py"]
+    # its own process group, so that a timeout also ends the processes its tests spawn
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
     try:
-        out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=deadline.cap(210))
-    except subprocess.TimeoutExpired as err:
-        return {"status": "timeout", "output_tail": str(err.stdout or "")[-3000:]}
-    lines = out.stdout.strip().splitlines()
-    return {"returncode": out.returncode, "summary": lines[-1] if lines else "", "output_tail": out.stdout[-4000:],
-            "stderr_tail": out.stderr[-1500:]}
+        stdout, stderr = proc.communicate(timeout=deadline.cap(210))
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        return {"status": "timeout", "summary": "timed out", "output_tail": stdout[-3000:], "stderr_tail": stderr[-1500:]}
+    lines = stdout.strip().splitlines()
+    return {"returncode": proc.returncode, "summary": lines[-1] if lines else "", "output_tail": stdout[-4000:],
+            "stderr_tail": stderr[-1500:]}
 
 
 def training(args, deadline: Deadline, device: torch.device, data, pythae_ok: bool) -> dict[str, Any]:
