@@ -101,9 +101,11 @@ class CalibrationParams:
 
     variant: str    # batch | average
     per_dim: bool   # one sigma per data dimension
+    final: str      # train: the sigma of training's error | val: refitted to the kept model's val error
 
     def __post_init__(self) -> None:
         _check(self.variant in ("batch", "average"), f"variant must be batch or average, got {self.variant!r}")
+        _check(self.final in ("train", "val"), f"final must be train or val, got {self.final!r}")
 
 
 @dataclass(frozen=True)

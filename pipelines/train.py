@@ -29,7 +29,7 @@ from pipelines.fit import FitResult, StepHooks, fit, total_steps
 from pipelines.outputs import constraint_report, test_terms, write_outputs
 from pipelines.params import AUTO, CALIBRATED, LEARNED, BaseParams, TrainParams
 from pipelines.errors import ConstraintNotMetError, TrainingError
-from pipelines.validation import validation_for
+from pipelines.validation import calibrate_sigma_on, validation_for
 from pipelines.runtime import resolve_device, run_lock, set_determinism, set_threads
 from vhp_core import ConstraintConfig, ModelConfig, build_model
 from vhp_core.networks import resolve_precision
@@ -126,6 +126,8 @@ def train_one(
                                     "(train.require_constraint is true; nothing written)")
     if not step_hooks.main:
         return result, None
+    if validation is not None and params.calibration.final == "val":
+        calibrate_sigma_on(result.model, validation.x, seed)  # sigma^2 = the kept model's val error
     terms = test_terms(result.model, dataset, seed)  # on the training device, in the training precision
     evaluated = None if validation is None else {
         "val": validation.terms(result.model), "train_eval": validation.terms(result.model, validation.train_x)}
