@@ -208,6 +208,9 @@ def _test_set_numbers(model: torch.nn.Module, payload: dict[str, Any], x_test: n
         "ll_n_points": int(len(log_px)),
         "ll_elbo": elbo_mean,
         "ll_elbo_stderr": elbo_se,
+        # the Gaussian decoder's sigma these numbers were scored with (None: Bernoulli)
+        "ll_sigma": None if getattr(model.likelihood, "log_std", None) is None
+        else float(model.likelihood.log_std.detach().double().mean().exp()),
         **{k: float(v) for k, v in terms.items()},
         "final_lambda": lambda_,
         "final_c_hat": c_hat,

@@ -34,7 +34,8 @@ from pipelines.params import ReportParams
 
 # Figures of one evaluated model, in page order, with captions.
 FIGURES: tuple[tuple[str, str], ...] = (
-    ("latent_map.png", "Encoded test data over the magnification factor (log scale; darker = larger)"),
+    ("latent_map.png", "Encoded test data over MF / the model's median MF at its encoded test data (log scale, "
+                       "one colour range for every model; darker = larger)"),
     ("interpolation.png", "Graph-based interpolation (solid) against the straight line (dashed)"),
     ("interpolation_frames.png", "Decoded frames along the graph path and along the straight line"),
     ("reconstructions.png", "Test data and reconstructions"),
@@ -51,11 +52,16 @@ METRIC_ROWS: tuple[tuple[str, str], ...] = (
     ("ll_samples", "S: importance samples per test point"),
     ("ll_inner_samples", "K_eval: inner samples of zeta for the hierarchical prior's p(z)"),
     ("ll_n_points", "test points in the log-likelihood estimate"),
-    ("elbo", "evidence lower bound per test point (hierarchical prior: with F)"),
+    ("ll_elbo", "ELBO on the same test points and from the same S samples as the log-likelihood"),
+    ("test_log_likelihood_check", "the log-likelihood on the same points at the second K_eval"),
+    ("ll_inner_samples_check", "the second K_eval"),
+    ("ll_check_diff", "mean paired difference: LL at the second K_eval - LL at K_eval (nats)"),
+    ("ll_check_agrees", "the two K_eval agree within 2 standard errors of the paired difference"),
+    ("elbo", "ELBO per test point over the whole test split (hierarchical prior: with F)"),
     ("reconstruction", "C: per-dimension reconstruction error"),
     ("nll", "-log p(x|z), summed over dimensions"),
     ("regulariser", "KL(q || p) (N(0,I) prior) or E[log q - F] (hierarchical prior)"),
-    ("active_units", "latent dimensions with Cov_x(E_q[z]) > 0.01"),
+    ("active_units", "latent dimensions with Cov_x(E_q[z]) > 0.01 E_x[Var_q(z)] (scale-free)"),
     ("latent_dim", "latent dimensions"),
     ("final_lambda", "lambda at the end of training"),
     ("constraint_met", "C_hat <= kappa^2 at the end of training (no: the prior may never have trained)"),
@@ -77,15 +83,21 @@ METRIC_ROWS: tuple[tuple[str, str], ...] = (
     ("val_elbo", "ELBO of the kept model on the val split (held-out training trials)"),
     ("train_eval_reconstruction", "C of the kept model on training points"),
     ("val_reconstruction", "C of the kept model on the val split"),
-    ("knn_accuracy", "kNN motion-type accuracy in latent space, train -> test"),
-    ("trajectory_smoothness", "median consecutive-frame latent step / median pairwise distance (lower is smoother)"),
+    ("knn_accuracy", "kNN motion-type accuracy between whitened latent codes, train -> test"),
+    ("trajectory_smoothness", "median consecutive-frame step / median pairwise distance, whitened (lower: smoother)"),
     ("r2_azimuth", "held-out R^2 of a linear read-out of azimuth from z"),
     ("r2_elevation", "held-out R^2 of a linear read-out of elevation from z"),
     ("r2_light", "held-out R^2 of a linear read-out of the light direction from z"),
-    ("mf_fraction", "fraction of test points with MF above the q-quantile of MF over the data's bounding box"),
+    ("mf_fraction", "fraction of test points with MF above the q-quantile of MF over the region the data span"),
+    ("mf_span_over_data", "median MF between the data / median MF at the data"),
+    ("interp_max_rel_mf_graph", "median over pairs of the largest MF / median MF at the data, along the graph path"),
+    ("interp_max_rel_mf_line", "the same along the straight line"),
+    ("interp_graph_avoids_ridges", "fraction of pairs whose graph path stays below the straight line's largest MF"),
+    ("interp_evenness_graph", "largest / mean step between decoded frames of the graph path (1 = even)"),
+    ("interp_evenness_line", "the same for the straight line"),
+    ("interp_off_data_graph", "decoded graph-path frames: distance to the nearest training sample / data NN distance"),
+    ("interp_off_data_line", "the same for the straight line"),
     ("interp_length_ratio", "median data-space length of graph path / straight line (lower: shorter path)"),
-    ("interp_max_mf_graph", "median over pairs of the largest MF along the graph path"),
-    ("interp_max_mf_line", "median over pairs of the largest MF along the straight line"),
     ("interp_pairs", "endpoint pairs with a graph path"),
     ("n_test", "test points"),
 )
@@ -269,6 +281,30 @@ def _metrics_table(metrics: dict[str, dict[str, dict[str, Any]]], compare: tuple
     return rows
 
 
+def _likelihood_notes(models: dict[str, dict[str, Any]], compare: tuple[str, ...]) -> list[str]:
+    """One line a model: what stands behind its log-likelihood, and whether its K_eval has converged."""
+    items = []
+    for model in _model_order(list(models), compare):
+        m = models[model]
+        if m.get("test_log_likelihood") is None:
+            continue
+        k = m.get("ll_inner_samples")
+        text = (f"<b>{html.escape(model)}</b>: {_format(m.get('test_log_likelihood'))} ± "
+                f"{_format(m.get('test_log_likelihood_stderr'))} nats over {_format(m.get('ll_n_points'))} test "
+                f"points, S = {_format(m.get('ll_samples'))} importance samples each"
+                + (f", K_eval = {_format(k)}" if k else "")
+                + f"; ELBO on the same points and samples {_format(m.get('ll_elbo'))}")
+        if m.get("ll_inner_samples_check") is not None:
+            agrees = m.get("ll_check_agrees")
+            verdict = "agree" if agrees else "do not agree" if agrees is False else "cannot be compared"
+            text += (f". At K_eval = {_format(m.get('ll_inner_samples_check'))} on the same points: "
+                     f"{_format(m.get('test_log_likelihood_check'))} (paired difference "
+                     f"{_format(m.get('ll_check_diff'))} ± {_format(m.get('ll_check_diff_stderr'))}); the two "
+                     f"{verdict} within 2 standard errors")
+        items.append(f"<li>{text}.</li>")
+    return ["<p>Log-likelihood:</p><ul>", *items, "</ul>"] if items else []
+
+
 def _render(eval_root: Path, models_root: Path, out: Path, params: ReportParams) -> None:
     metrics: dict[str, dict[str, dict[str, Any]]] = {}
     if eval_root.is_dir():
@@ -312,6 +348,7 @@ def _render(eval_root: Path, models_root: Path, out: Path, params: ReportParams)
                             f"{html.escape(str(values['constraint_warning']))}</p>")
             if values.get("rewo_note"):
                 body.append(f"<p><strong>{html.escape(model)}:</strong> {html.escape(str(values['rewo_note']))}</p>")
+        body += _likelihood_notes(metrics.get(dataset, {}), params.compare)
         evaluated = _model_order(list(metrics.get(dataset, {})), params.compare)
         side = [m for m in params.compare if m in evaluated] or evaluated[:2]
         if side:

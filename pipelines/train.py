@@ -176,6 +176,8 @@ def metrics_markdown(title: str, metrics: dict[str, Any]) -> str:
                      for k, v in _flat(metrics).items())
     warning = metrics.get("constraint_warning")
     banner = f"> **Warning:** {warning}\n\n" if warning else ""
+    if metrics.get("rewo_note"):
+        banner += f"> {metrics['rewo_note']}\n\n"
     return f"# {title}\n\n{banner}| metric | value |\n|---|---|\n{rows}\n"
 
 

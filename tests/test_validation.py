@@ -91,4 +91,6 @@ def test_kappa_auto_keeps_the_constraint_reachable_and_trains_the_prior(tmp_path
     assert metrics["kappa_squared"] > metrics["c_ae"] > 0
     assert metrics["selected_step"] is not None and math.isfinite(metrics["val"]["elbo"])
     assert metrics["sigma"]["mode"].startswith("calibrated")
-    assert metrics["lambda_updates"] > 0 and 0.0 <= metrics["lambda_violated_share"] <= 1.0
+    assert metrics["lambda_updates"] == result.state.updates
+    assert metrics["lambda_violated_share"] is None or 0.0 <= metrics["lambda_violated_share"] <= 1.0
+    assert (metrics["rewo_note"] is None) == (result.state.violated > 0)
