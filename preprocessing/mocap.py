@@ -40,14 +40,16 @@ __all__ = [
 ]
 
 UNLABELLED = "unlabelled"
-SOURCE_FPS = 120
+SOURCE_FPS = 120  # every CMU AMC trial
+FORMATS = ("auto", "acclaim", "bvh", "amass")
 
 
 @dataclass(frozen=True)
 class MocapParams:
     """The ``prepare_mocap`` section of params.yaml."""
 
-    source: str  # folder of ASF/AMC files (searched recursively) or 'embedded'
+    source: str  # folder of ASF/AMC, BVH or AMASS .npz files (searched recursively) or 'embedded'
+    format: Literal["auto", "acclaim", "bvh", "amass"]  # 'auto': by the files found in source
     embedded_dir: str  # where 'embedded' is fetched to
     index_file: str  # inside source; used when present ('' = none)
     fallback_asf: str  # skeleton for subjects without <subject>.asf (path inside source or absolute)
@@ -57,6 +59,8 @@ class MocapParams:
     keep_root_orientation: bool
     angle_encoding: Literal["degrees", "sincos"]
     frame_step: int  # 120 fps -> 30 fps
+    target_fps: float  # 0: keep the source rate (frame_step applies); > 0: resample every trial to this rate
+    labels_csv: str  # CSV with columns 'trial' and 'motion' (path inside source or absolute; '' = none)
     segment_frames: int  # 0: whole trials are split units; > 0: segments of this many (subsampled) frames
     test_fraction: float
     val_fraction: float  # share of the remaining (training) units held out as 'val'; 0: none
@@ -71,6 +75,12 @@ class MocapParams:
             raise ValueError(f"segment_frames must be >= 0, got {self.segment_frames}")
         if not 0.0 < self.test_fraction < 1.0:
             raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
+        if self.format not in FORMATS:
+            raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {self.format!r}")
+        if not (self.target_fps == 0 or 0 < self.target_fps <= 1e5) or self.target_fps != self.target_fps:
+            raise ValueError(f"target_fps must be 0 (keep the source rate) or a rate in (0, 1e5], got {self.target_fps}")
+        if self.target_fps and self.frame_step != 1:
+            raise ValueError(f"target_fps = {self.target_fps} resamples every trial: set frame_step to 1 (got {self.frame_step})")
         if self.angle_encoding not in ("degrees", "sincos"):
             raise ValueError(f"angle_encoding must be 'degrees' or 'sincos', got {self.angle_encoding!r}")
 
@@ -81,8 +91,9 @@ class Trial:
     trial: str
     motion: str
     path: Path
-    skeleton: Skeleton
+    skeleton: Any  # acclaim.Skeleton, bvh.BvhSkeleton or amass.SmplTree
     motion_data: Motion
+    fps: float = SOURCE_FPS
 
 
 # --------------------------------------------------------------------------- sources
@@ -95,11 +106,11 @@ def _resolve(base: Path, name: str) -> Path:
     return base / path if (base / path).exists() else path
 
 
-def _read_index(path: Path) -> dict[str, dict[str, str]]:
-    """INDEX.tsv rows keyed by trial name (rows without a trial, e.g. skeletons, skipped)."""
+def _read_index(path: Path, delimiter: str = "\t") -> dict[str, dict[str, str]]:
+    """INDEX.tsv (or labels CSV) rows keyed by trial name (rows without a trial, e.g. skeletons, skipped)."""
     try:
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f, delimiter="\t"))
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f, delimiter=delimiter))
     except (OSError, csv.Error, UnicodeDecodeError) as err:
         raise SourceError(path, f"cannot read index ({err})") from err
     if rows and not {"trial", "motion"} <= set(rows[0]):
@@ -110,6 +121,35 @@ def _read_index(path: Path) -> dict[str, dict[str, str]]:
         if trial and trial != "-":
             out[trial] = row
     return out
+
+
+def read_labels(folder: Path, params: MocapParams, used: list[Path]) -> dict[str, dict[str, str]]:
+    """Rows of ``index_file`` (when present) updated by those of ``labels_csv`` (when set), by trial."""
+    index: dict[str, dict[str, str]] = {}
+    if params.index_file and (folder / params.index_file).is_file():
+        index = _read_index(folder / params.index_file)
+        used.append(folder / params.index_file)
+    if params.labels_csv:
+        path = _resolve(folder, params.labels_csv)
+        if not path.is_file():
+            raise SourceError(path, "labels_csv does not exist")
+        for trial, row in _read_index(path, ",").items():
+            index[trial] = {**index.get(trial, {}), **{k: v for k, v in row.items() if k and v}}
+        used.append(path)
+    return index
+
+
+def detect_format(folder: Path, wanted: str) -> str:
+    """The motion format of a source folder: ``wanted``, or for 'auto' the one kind of file in it."""
+    if wanted != "auto":
+        return wanted
+    found = {fmt: any(p.suffix.lower() == ext for p in folder.rglob("*")) for fmt, ext in (("acclaim", ".amc"), ("bvh", ".bvh"), ("amass", ".npz"))}
+    kinds = [k for k, v in found.items() if v]
+    if len(kinds) == 1:
+        return kinds[0]
+    if not kinds:
+        raise MocapFormatError(folder, None, "no AMC, BVH or AMASS .npz files in the folder (searched recursively)")
+    raise MocapFormatError(folder, None, f"the folder holds {' and '.join(kinds)} files: set prepare_mocap.format to one of them")
 
 
 def _subject_of(amc: Path) -> str:
@@ -127,6 +167,11 @@ def load_trials(params: MocapParams, progress: bool = False) -> tuple[Path, list
         folder = Path(params.source)
     if not folder.is_dir():
         raise MocapFormatError(folder, None, "source folder does not exist")
+    fmt = detect_format(folder, params.format)
+    if fmt != "acclaim":
+        from preprocessing.mocap_sources import load_other_trials
+
+        return load_other_trials(folder, fmt, params, progress)
     amcs = sorted((p for p in folder.rglob("*") if p.suffix.lower() == ".amc" and p.is_file()), key=lambda p: (p.stem, str(p)))
     if not amcs:
         raise MocapFormatError(folder, None, "no AMC files in the folder (searched recursively)")
@@ -134,13 +179,8 @@ def load_trials(params: MocapParams, progress: bool = False) -> tuple[Path, list
     for p in sorted(folder.rglob("*")):
         if p.suffix.lower() == ".asf" and p.is_file():
             asfs.setdefault(p.stem, []).append(p)
-    index: dict[str, dict[str, str]] = {}
     used: list[Path] = []
-    if params.index_file:
-        index_path = folder / params.index_file
-        if index_path.is_file():
-            index = _read_index(index_path)
-            used.append(index_path)
+    index = read_labels(folder, params, used)
     fallback = _resolve(folder, params.fallback_asf) if params.fallback_asf else None
 
     skeletons: dict[Path, Skeleton] = {}
@@ -200,14 +240,14 @@ def _read_trial(
 # --------------------------------------------------------------------------- features
 
 
-def feature_channels(dof_names: list[str], params: Mapping[str, Any]) -> list[str]:
-    """The channels kept as features, in skeleton order."""
+def feature_channels(dof_names: list[str], params: Mapping[str, Any], root: str = "root") -> list[str]:
+    """The channels kept as features, in skeleton order (``root``: the name of the root joint)."""
     out = []
     for name in dof_names:
         bone, dof = name.rsplit(".", 1)
-        if bone == "root" and dof in TRANSLATION_DOFS and params["drop_root_translation"]:
+        if bone == root and dof in TRANSLATION_DOFS and params["drop_root_translation"]:
             continue
-        if bone == "root" and dof in ROTATION_DOFS and not params["keep_root_orientation"]:
+        if bone == root and dof in ROTATION_DOFS and not params["keep_root_orientation"]:
             continue
         out.append(name)
     return out
@@ -285,13 +325,15 @@ def prepare(params: MocapParams, out: Path | str, progress: bool = True) -> None
             raise MocapFormatError(t.skeleton.source, None, f"degrees of freedom differ from {reference.source}; one data set needs one channel layout")
 
     p = asdict(params)
-    channels = feature_channels(dof_names, p)
+    channels = feature_channels(dof_names, p, getattr(reference, "root", "root"))
     col = [dof_names.index(c) for c in channels]
+    fps = _output_fps(trials, params)
+    picks = [_frame_picks(len(t.motion_data.values), t.fps, params) for t in trials]
     # Split units: (trial index, first frame, last frame) over subsampled frames.
     units: list[tuple[int, int, int]] = []
     frames_per_trial = []
     for ti, t in enumerate(trials):
-        n = len(range(0, len(t.motion_data.values), params.frame_step))
+        n = len(picks[ti])
         frames_per_trial.append(n)
         if params.segment_frames:
             for begin in range(0, n, params.segment_frames):
@@ -318,7 +360,7 @@ def prepare(params: MocapParams, out: Path | str, progress: bool = True) -> None
     parts: dict[str, dict[str, list[np.ndarray]]] = {s: {k: [] for k in ("x", "motion", "subject", "trial", "frame")} for s in ("train", "test") + (("val",) if val_unit.any() else ())}
     for (ti, begin, end), is_test, is_val in zip(units, test_unit, val_unit):
         t = trials[ti]
-        degrees = t.motion_data.in_degrees()[:: params.frame_step][begin:end][:, col]
+        degrees = t.motion_data.in_degrees()[picks[ti][begin:end]][:, col]
         raw, feature_names = encode(degrees, channels, params.angle_encoding)
         split = parts["test" if is_test else "val" if is_val else "train"]
         n = len(raw)
@@ -326,7 +368,7 @@ def prepare(params: MocapParams, out: Path | str, progress: bool = True) -> None
         split["motion"].append(np.full(n, classes["motion"].index(t.motion), dtype=np.int64))
         split["subject"].append(np.full(n, classes["subject"].index(t.subject), dtype=np.int64))
         split["trial"].append(np.full(n, classes["trial"].index(t.trial), dtype=np.int64))
-        split["frame"].append((np.arange(begin, end, dtype=np.int64) * params.frame_step))
+        split["frame"].append(picks[ti][begin:end])
     joined = {s: {k: np.concatenate(v) for k, v in d.items()} for s, d in parts.items()}
     for split, d in joined.items():
         bad = ~np.isfinite(d["x"]).all(axis=1)
@@ -348,22 +390,23 @@ def prepare(params: MocapParams, out: Path | str, progress: bool = True) -> None
         "feature_names": feature_names,
         "units": {
             "angles": "degrees" if params.angle_encoding == "degrees" else "sin/cos of the angle",
-            "translation": "ASF length units",
-            "frame": f"index of the frame in its trial at {SOURCE_FPS} fps (0-based)",
-            "fps": SOURCE_FPS / params.frame_step,
+            "translation": _TRANSLATION_UNIT[_format_of(reference)],
+            "frame": f"index of the frame in its trial at the source rate ({_rates(trials)} fps; 0-based)",
+            "fps": fps,
         },
         "normalisation": {"kind": "standardise", "mean": mean.tolist(), "std": std.tolist(), "statistics": "train split"},
         "labels": {
             "motion": {"kind": "categorical", "classes": classes["motion"]},
             "subject": {"kind": "categorical", "classes": classes["subject"]},
             "trial": {"kind": "categorical", "classes": classes["trial"]},
-            "frame": {"kind": "continuous", "unit": "frame index in trial (120 fps, 0-based)"},
+            "frame": {"kind": "continuous", "unit": f"frame index in trial ({_rates(trials)} fps, 0-based)"},
         },
         "sources": sources,
         "params": p,
         "stand_in": params.source == "embedded",
         "source": "embedded" if params.source == "embedded" else "folder",
-        "skeleton": reference.to_dict(),
+        ("skeleton" if getattr(reference, "drawable", True) else "kinematic_tree"): reference.to_dict(),
+        "motion_format": _format_of(reference),
         "channels": channels,
         "angle_encoding": params.angle_encoding,
         "split": {
@@ -380,9 +423,48 @@ def prepare(params: MocapParams, out: Path | str, progress: bool = True) -> None
             "frames_source": int(sum(len(t.motion_data.values) for t in trials)),
             "frames_written": int(sum(frames_per_trial)),
         },
-        "credit": "CMU Graphics Lab Motion Capture Database (mocap.cs.cmu.edu), NSF EIA-0196217",
+        "credit": _CREDIT[_format_of(reference)],
     }
     write_dataset(out, arrays, attrs)
+
+
+_TRANSLATION_UNIT = {"acclaim": "ASF length units", "bvh": "BVH file units", "amass": "metres"}
+_CREDIT = {
+    "acclaim": "CMU Graphics Lab Motion Capture Database (mocap.cs.cmu.edu), NSF EIA-0196217",
+    "bvh": "the BVH files listed in 'sources' (see their licences)",
+    "amass": "AMASS (amass.is.tue.mpg.de) and the motion capture data sets it unifies (see their licences)",
+}
+
+
+def _format_of(skeleton: Any) -> str:
+    return {"BvhSkeleton": "bvh", "SmplTree": "amass"}.get(type(skeleton).__name__, "acclaim")
+
+
+def _rates(trials: list[Trial]) -> str:
+    return ", ".join(f"{r:g}" for r in sorted({t.fps for t in trials}))
+
+
+def _output_fps(trials: list[Trial], params: MocapParams) -> float:
+    """Frames a second written: ``target_fps``, else the (one) source rate / ``frame_step``."""
+    if params.target_fps:
+        return float(params.target_fps)
+    rates = sorted({t.fps for t in trials})
+    if len(rates) > 1:
+        slow = min(trials, key=lambda t: t.fps)
+        fast = max(trials, key=lambda t: t.fps)
+        raise MocapFormatError(slow.path, None, f"{slow.fps:g} fps, but {fast.path} has {fast.fps:g} fps: set prepare_mocap.target_fps (and frame_step: 1) to resample every trial to one rate")
+    return rates[0] / params.frame_step
+
+
+def _frame_picks(n: int, fps: float, params: MocapParams) -> np.ndarray:
+    """Source frame indices written for a trial of ``n`` frames at ``fps``: every
+    ``frame_step``-th, or with ``target_fps`` the frame nearest to each output time
+    (no interpolation: joint angles are not interpolated across wrap-arounds)."""
+    if not params.target_fps:
+        return np.arange(0, n, params.frame_step, dtype=np.int64)
+    times = np.arange(0.0, n / fps, 1.0 / params.target_fps)
+    # Slower than the source: distinct frames; faster: a frame repeats.
+    return np.minimum(np.rint(times * fps).astype(np.int64), n - 1)
 
 
 # --------------------------------------------------------------------------- drawing
@@ -399,6 +481,10 @@ def features_to_positions(features: np.ndarray, attrs: Mapping[str, Any], normal
     features = np.atleast_2d(np.asarray(features, dtype=np.float64))
     raw = denormalise(features, attrs) if normalised else features
     channels_deg, names = decode(raw, list(attrs["feature_names"]))
+    if attrs["skeleton"].get("format") == "bvh":
+        from preprocessing.bvh import BvhSkeleton, bvh_forward_kinematics
+
+        return bvh_forward_kinematics(BvhSkeleton.from_dict(attrs["skeleton"]), channels_deg, names)
     skeleton = Skeleton.from_dict(attrs["skeleton"])
     return forward_kinematics(skeleton, channels_deg, names, angle_unit="deg")
 

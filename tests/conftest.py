@@ -88,6 +88,15 @@ def harness():
         yield
 
 
+SHIPPED_DATA = REPO_ROOT / "tests" / "data"  # small reference files kept in the repository (see its README)
+
+
+@pytest.fixture(scope="session")
+def cmu_reference() -> Path:
+    """The few CMU ASF/AMC trials shipped in tests/data/cmu: every clone has them."""
+    return SHIPPED_DATA / "cmu"
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     path = shared_data_dir()

@@ -1,6 +1,7 @@
 """Fuzzing of mutated real files: CMU ASF/AMC trials and the Surrey Face Model.
 
-Real files from the shared reference folder are mutated one change at a time (a line
+Real files (the CMU trials shipped in tests/data, the Surrey Face Model from the shared
+reference folder) are mutated one change at a time (a line
 deleted, duplicated, swapped or inserted, a number corrupted or made huge, bytes
 inserted, the file truncated, the line endings flipped). Each mutated file must either
 parse to something valid or raise our own error naming the file and a line (or byte)
@@ -44,12 +45,11 @@ GARBAGE_LINES = ["abc def", "12 13 14", ":DEGREES", "#", "root", "lfemur 1 2 3",
 
 
 @pytest.fixture(scope="module")
-def cmu(shared_data: Path) -> Path:
-    folder = shared_data / "cmu"
-    missing = [f for pair in PAIRS for f in pair if not (folder / f).is_file()]
-    if missing:
-        pytest.skip(f"shared CMU files not found: {missing}")
-    return folder
+def cmu(cmu_reference: Path) -> Path:
+    """The CMU trials shipped in tests/data/cmu (copies of the shared reference files)."""
+    missing = [f for pair in PAIRS for f in pair if not (cmu_reference / f).is_file()]
+    assert not missing, f"shipped CMU files missing: {missing}"
+    return cmu_reference
 
 
 class Originals(dict):
@@ -155,7 +155,6 @@ def skeleton_within_bounds(sk: Skeleton) -> bool:
 # --------------------------------------------------------------------------- AMC / ASF
 
 
-@pytest.mark.shared_data
 @given(pair=st.sampled_from(PAIRS), op=mutation)
 @settings(max_examples=150)
 def test_mutated_real_amc_parses_or_names_the_file_and_the_mutated_line(originals, work, pair, op) -> None:
@@ -184,7 +183,6 @@ def test_mutated_real_amc_parses_or_names_the_file_and_the_mutated_line(original
         np.testing.assert_array_equal(motion.values, values)
 
 
-@pytest.mark.shared_data
 @given(pair=st.sampled_from(PAIRS), op=mutation)
 @settings(max_examples=150)
 def test_mutated_real_asf_parses_or_names_the_file_and_the_mutated_line(originals, work, pair, op) -> None:
@@ -207,7 +205,6 @@ def test_mutated_real_asf_parses_or_names_the_file_and_the_mutated_line(original
         assert {**sk.to_dict(), "source": ""} == {**skeleton.to_dict(), "source": ""}
 
 
-@pytest.mark.shared_data
 @pytest.mark.parametrize("kind", ["huge", "not_a_number"])
 def test_every_value_line_of_a_real_amc_refuses_a_bad_number_on_that_line(originals, work, kind) -> None:
     """Deterministic sweep: one bad value on each of the first 60 value lines (two frames)."""
@@ -225,7 +222,6 @@ def test_every_value_line_of_a_real_amc_refuses_a_bad_number_on_that_line(origin
         assert places == {i + 1} and info.value.line == i + 1 and repr(text) in str(info.value)
 
 
-@pytest.mark.shared_data
 @pytest.mark.parametrize("kind", ["delete_line", "duplicate_line"])
 def test_every_line_of_a_real_asf_deleted_or_duplicated_is_reported_near_it(originals, work, kind) -> None:
     """Deterministic sweep over every line of both skeletons (a few hundred parses)."""
@@ -241,7 +237,6 @@ def test_every_line_of_a_real_asf_deleted_or_duplicated_is_reported_near_it(orig
                 assert_located(err, path, places, ASF_BLOCK_LINES)
 
 
-@pytest.mark.shared_data
 @pytest.mark.parametrize("separator", [b"\r", b"\x0c", b"\x0b", b"\x85", b"\x1e"])
 def test_a_stray_control_byte_does_not_shift_the_reported_line(originals, work, separator) -> None:
     """Only "\\n" ends a line, in the ASF reader as in the AMC reader and in editors."""
@@ -271,7 +266,6 @@ CLI_MUTATIONS = [
 ]
 
 
-@pytest.mark.shared_data
 @pytest.mark.parametrize("target, op", CLI_MUTATIONS, ids=[f"{t}-{op[0]}" for t, op in CLI_MUTATIONS])
 def test_prepare_refuses_a_mutated_real_file_with_exit_2_one_line_and_no_output(cmu, tmp_path, capsys, target, op) -> None:
     raw = tmp_path / "raw" / "09"

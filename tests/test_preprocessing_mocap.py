@@ -359,7 +359,7 @@ def test_truncated_asf(tmp_path: Path) -> None:
 
 def test_empty_folder_and_missing_skeleton(tmp_path: Path, synthetic) -> None:
     (tmp_path / "empty").mkdir()
-    with pytest.raises(MocapFormatError, match="no AMC files"):
+    with pytest.raises(MocapFormatError, match="no AMC, BVH or AMASS .npz files"):
         prepare(stage_params(MocapParams, "prepare_mocap", segment_frames=0, embedded_dir="data/raw/mocap_embedded", source=str(tmp_path / "empty")), tmp_path / "m.zarr", progress=False)
     (tmp_path / "noskel").mkdir()
     text, _ = write_amc(synthetic[1], 3, np.random.default_rng(0))

@@ -199,9 +199,7 @@ def test_a_second_training_of_the_same_model_is_refused_naming_the_first_ones_pi
 def test_prepare_refuses_a_malformed_amc_with_exit_2_and_no_output(tmp_path, capsys):
     src = tmp_path / "raw" / "07"
     src.mkdir(parents=True)
-    asf = ROOT.parent / "shared" / "data" / "cmu" / "07" / "07.asf"
-    if not asf.exists():
-        pytest.skip("reference CMU skeleton not found beside the clone")
+    asf = ROOT / "tests" / "data" / "cmu" / "07" / "07.asf"  # shipped with the tests
     (src / "07.asf").write_bytes(asf.read_bytes())
     (src / "07_01.amc").write_text(":FULLY-SPECIFIED\n:DEGREES\n1\nroot 0 0 0 0 0 0\nlowerback 1 2\n")
     params = write_params(tmp_path / "params.yaml")

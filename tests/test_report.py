@@ -202,12 +202,12 @@ def test_evaluate_then_report_on_a_tiny_image_group(tmp_path: Path) -> None:
     assert (index.parent / "figures" / "faces" / "vhp" / "latent_map.png").is_file()
 
 
-def test_evaluate_mocap_draws_stick_figures_and_measures_motion(tmp_path: Path, shared_data: Path) -> None:
+def test_evaluate_mocap_draws_stick_figures_and_measures_motion(tmp_path: Path, cmu_reference: Path) -> None:
     from preprocessing.mocap import MocapParams, prepare
     from preprocessing.store import open_dataset
 
     data = tmp_path / "mocap.zarr"
-    prepare(stage_params(MocapParams, "prepare_mocap", segment_frames=0, embedded_dir="data/raw/mocap_embedded", source=str(shared_data / "cmu"), subjects=("35",), frame_step=16), data, progress=False)
+    prepare(stage_params(MocapParams, "prepare_mocap", segment_frames=0, embedded_dir="data/raw/mocap_embedded", source=str(cmu_reference), subjects=("09", "10"), frame_step=16), data, progress=False)
     _evaluate_tree(tmp_path, data, ("vhp",), open_dataset(data).x_shape)
     metrics = json.loads((tmp_path / "eval" / "mocap" / "vhp" / "metrics.json").read_text())
     assert 0.0 <= metrics["knn_accuracy"] <= 1.0 and metrics["knn_label"] == "motion"
