@@ -231,3 +231,38 @@ def latent_axis_scalings(draw: st.DrawFn) -> LatentMap:
     s1, s2 = 10.0 ** draw(st.floats(-1.0, 1.0)), 10.0 ** draw(st.floats(-1.0, 1.0))
     b = (draw(st.floats(-5.0, 5.0)), draw(st.floats(-5.0, 5.0)))
     return LatentMap(((s1, 0.0), (0.0, s2)), b, True)
+
+
+# --- BVH skeletons (preprocessing.bvh) ------------------------------------------------
+
+BVH_CHANNELS = ("Xposition", "Yposition", "Zposition", "Xrotation", "Yrotation", "Zrotation")
+
+
+@st.composite
+def bvh_files(draw: st.DrawFn) -> dict:
+    """A BVH skeleton and motion: 1-6 joints in a random tree, each with a random subset
+    of the six channels in a random order (the root at least one), offsets in [-20, 20],
+    an End Site on a random set of joints; 1-4 frames with angles in [-400, 400] degrees
+    and positions in [-100, 100]; values drawn from a seed (numpy)."""
+    import numpy as np
+
+    n = draw(st.integers(1, 6))
+    parents = [-1] + [draw(st.integers(0, k - 1)) for k in range(1, n)]
+    channels = []
+    for k in range(n):
+        chosen = draw(st.permutations(BVH_CHANNELS))
+        count = draw(st.integers(1 if k == 0 else 0, 6))
+        channels.append(list(chosen[:count]))
+    frames = draw(st.integers(1, 4))
+    rng = np.random.default_rng(draw(seeds))
+    offsets = rng.uniform(-20, 20, (n, 3)).round(4)
+    ends = {k: rng.uniform(-20, 20, 3).round(4) for k in range(n) if draw(st.booleans())}
+    width = sum(len(c) for c in channels)
+    values = np.empty((frames, width))
+    col = 0
+    for c in channels:
+        for ch in c:
+            values[:, col] = rng.uniform(-400, 400, frames) if ch.endswith("rotation") else rng.uniform(-100, 100, frames)
+            col += 1
+    return {"parents": parents, "channels": channels, "offsets": offsets, "ends": ends, "values": values.round(5),
+            "frame_time": draw(st.sampled_from([1 / 120, 1 / 30, 0.0333333, 0.01]))}
