@@ -39,9 +39,13 @@ def _met(goal: dict[str, Any] | None) -> str:
 
 def section(r: dict[str, Any]) -> str:
     m = r.get("machine", {})
+    merged = r.get("merged_from") or {}
     lines = ["## One GPU: vhp_core against pythae 0.1.2, and the log-likelihood at S = 5000", "",
              f"All figures come from one run of `bench/gpu.py` ({r.get('total_s', '?')} s"
-             + (", tiny sizes" if r.get("tiny") else "") + ").", "",
+             + (", tiny sizes" if r.get("tiny") else "") + ")"
+             + (f"; the phases {', '.join(merged.get('phases_kept') or [])} from an earlier run "
+                f"({merged.get('started')}, {merged.get('total_s')} s) on the same kind of machine" if merged else "")
+             + ".", "",
              f"- Machine: {m.get('device_name', 'no GPU')} ({m.get('memory_gib', '?')} GiB, driver {m.get('driver')}), "
              f"{m.get('cpus')} CPUs; Python {m.get('python')}, torch {m.get('torch')} (CUDA {m.get('torch_cuda')}), "
              f"pythae {(r.get('wheels') or {}).get('pythae', 'not run')}. Load average at the start "
@@ -52,15 +56,28 @@ def section(r: dict[str, Any]) -> str:
     train = r.get("training") or {}
     lines += ["Training, 784-300-300-40 tanh MLPs, dynamically binarised Fashion-MNIST, batch 100, Adam "
               "(median epoch; pythae's BaseTrainer: one epoch, its own DataLoader):", "",
-              "| row | precision | samples/s | loss at the end (mean ± se) |", "|---|---|---:|---:|"]
+              "| row | precision | samples/s | × pythae's trainer | loss at the end (mean ± se) |",
+              "|---|---|---:|---:|---:|"]
     for key, row in train.items():
         if not isinstance(row, dict):
             continue
         tail = row.get("loss_tail") or {}
         note = row.get("error") or row.get("skipped")
         loss = f"{tail['mean']:.2f} ± {_num(tail.get('se'), '.2f')}" if tail else "—"
-        lines.append(f"| {key.rsplit('/', 1)[0]} | {row.get('precision', 'fp32')} | "
-                     f"{note or _num(row.get('samples_per_s'))} | {loss} |")
+        ref = (train.get(f"pythae-trainer/{key.split('/')[1]}/fp32") or {}).get("samples_per_s") if "/" in key else None
+        ratio = row["samples_per_s"] / ref if ref and row.get("samples_per_s") else None
+        name = key.rsplit("/", 1)[0] + (" (one CUDA graph per step)" if key.endswith("/graphed") else "")
+        lines.append(f"| {name} | {row.get('precision', 'fp32')} | "
+                     f"{note or _num(row.get('samples_per_s'))} | {_num(ratio, '.2f')} | {loss} |")
+    for key, row in train.items():
+        if isinstance(row, dict) and key.endswith("/graphed") and "samples_per_s" in row:
+            lines.append(f"\n- {key}: forward, backward and Adam ({row.get('optimiser')}) captured once, replayed per "
+                         f"batch (captured: {row.get('captured')}; noise: {row.get('rng')}); "
+                         f"{_num(row.get('speedup_vs_eager'), '.2f')}× the eager row; log-likelihood "
+                         f"{_num(row.get('ll_lever'), '.3f')} vs eager {_num(row.get('ll_eager'), '.3f')} "
+                         f"(tolerance {_num(row.get('ll_tolerance'), '.3f')}), same loss curve as eager: "
+                         f"{row.get('same_curve_as_eager')}, non-finite steps {row.get('nonfinite_steps')}: "
+                         f"{'adopted' if row.get('adopt') else 'not adopted'}.")
     goals = r.get("goals") or {}
     lines += [""]
     for model in ("vae", "iwae"):
@@ -75,7 +92,7 @@ def section(r: dict[str, Any]) -> str:
                      f"{lo['step_ms_batch_1000']:.2f} ms at batch 1000 (a sample costs "
                      f"{lo['per_sample_cost_ratio_100_vs_1000']:.1f}× more at batch 100). Lever"
                      f"{' ' + lever['mode'] if 'mode' in lever else ''}: "
-                     + (f"{lever['speedup']:.2f}× the eager samples/s, log-likelihood {lever['ll_compiled']:.3f} vs "
+                     + (f"{lever['speedup']:.2f}× the eager samples/s, log-likelihood {lever['ll_lever']:.3f} vs "
                         f"{lever['ll_eager']:.3f} (tolerance {lever['ll_tolerance']:.3f}): "
                         f"{'adopted' if lever.get('adopt') else 'not adopted'}."
                         if "speedup" in lever else f"{lever.get('skipped') or lever.get('error') or 'not measured'}."))

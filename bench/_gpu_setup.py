@@ -129,3 +129,37 @@ def _clean(value: Any) -> Any:
     if isinstance(value, (np.floating, np.integer)):
         return _clean(value.item())
     return value
+
+
+PHASES = ("tests", "training", "launch_overhead", "log_likelihood", "profiles")
+
+
+def parse_phases(text: str) -> list[str]:
+    """`--phases a,b`: the phases to run, in PHASES's order; an unknown name is an error naming it."""
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [n for n in names if n not in PHASES]
+    if unknown or not names:
+        raise SystemExit(f"bench/gpu.py: --phases: unknown phase(s) {unknown or text!r}; choose from {', '.join(PHASES)}")
+    return [p for p in PHASES if p in names]
+
+
+def merge_base(path: Path | None, phases: list[str]) -> dict[str, Any]:
+    """The results of an earlier run at `path`, less the phases about to be run again (and what they decide).
+
+    The phases run now replace their entries; every other phase's results, and a record of the
+    earlier run, stay. No path: an empty record.
+    """
+    if path is None:
+        return {}
+    try:
+        old = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"{path}: --merge: cannot read the earlier results ({type(err).__name__}: {err})") from None
+    if not isinstance(old, dict):
+        raise SystemExit(f"{path}: --merge: the earlier results are not a JSON object")
+    dropped = set(phases) | {"goals"}
+    base = {k: v for k, v in old.items() if k not in dropped}
+    base["phases_s"] = {k: v for k, v in (old.get("phases_s") or {}).items() if k not in phases}
+    base["merged_from"] = {"path": str(path), "started": old.get("started"), "total_s": old.get("total_s"),
+                           "machine": old.get("machine"), "phases_kept": [k for k in PHASES if k in old and k not in phases]}
+    return base
