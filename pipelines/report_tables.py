@@ -19,6 +19,7 @@ METRIC_ROWS: tuple[tuple[str, str], ...] = (
     ("ll_samples", "S: importance samples per test point"),
     ("ll_inner_samples", "K_eval: inner samples of zeta for the hierarchical prior's p(z)"),
     ("ll_n_points", "test points in the log-likelihood estimate"),
+    ("ll_sigma", "Gaussian decoder's sigma the likelihood was scored with (the model's own; per dimension: geometric mean)"),
     ("ll_elbo", "ELBO on the same test points and from the same S samples as the log-likelihood"),
     ("test_log_likelihood_check", "the log-likelihood on the same points at the second K_eval"),
     ("ll_inner_samples_check", "the second K_eval"),
