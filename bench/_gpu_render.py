@@ -92,8 +92,8 @@ def section(r: dict[str, Any]) -> str:
                      f"{lo['step_ms_batch_1000']:.2f} ms at batch 1000 (a sample costs "
                      f"{lo['per_sample_cost_ratio_100_vs_1000']:.1f}× more at batch 100). Lever"
                      f"{' ' + lever['mode'] if 'mode' in lever else ''}: "
-                     + (f"{lever['speedup']:.2f}× the eager samples/s, log-likelihood {lever['ll_lever']:.3f} vs "
-                        f"{lever['ll_eager']:.3f} (tolerance {lever['ll_tolerance']:.3f}): "
+                     + (f"{lever['speedup']:.2f}× the eager samples/s, log-likelihood {_num(lever.get('ll_lever'), '.3f')} "
+                        f"vs {_num(lever.get('ll_eager'), '.3f')} (tolerance {_num(lever.get('ll_tolerance'), '.3f')}): "
                         f"{'adopted' if lever.get('adopt') else 'not adopted'}."
                         if "speedup" in lever else f"{lever.get('skipped') or lever.get('error') or 'not measured'}."))
     ll = r.get("log_likelihood") or {}
