@@ -33,7 +33,6 @@ import os
 import pickle
 import signal
 import socket
-import tempfile
 import zipfile
 import zlib
 from pathlib import Path
@@ -46,13 +45,13 @@ if TYPE_CHECKING:
 
 
 from pipelines.errors import CheckpointError  # noqa: E402,F401  (raised by the loaders below)
-from preprocessing.download import fsync_dir as _fsync_dir  # noqa: E402
+from preprocessing.atomic import TMP_SUFFIX as _TMP_SUFFIX  # noqa: E402
+from preprocessing.atomic import atomic_write  # noqa: E402
 
 
 
 
 FAULT_POINTS = ("mid-write", "after-write", "after-fsync", "after-rename")
-_TMP_SUFFIX = ".tmp"
 
 
 def _fault_point(point: str) -> None:
@@ -94,26 +93,10 @@ def stale_temporaries(path: Path) -> list[Path]:
 
 
 def atomic_write_bytes(path: Path, data: bytes | memoryview) -> None:
+    """``preprocessing.atomic.atomic_write`` with this process as the temporary's owner
+    (so ``stale_temporaries`` can tell a dead writer's leftovers) and the fault points."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_owner()}.", suffix=_TMP_SUFFIX, dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            view = memoryview(data).cast("B")
-            fh.write(view[: len(view) // 2])
-            fh.flush()
-            _fault_point("mid-write")
-            fh.write(view[len(view) // 2 :])
-            fh.flush()
-            _fault_point("after-write")
-            os.fsync(fh.fileno())
-        _fault_point("after-fsync")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fault_point("after-rename")
-    _fsync_dir(path.parent)
+    atomic_write(path, data, tag=_owner(), hook=_fault_point)
     for stale in stale_temporaries(path):
         stale.unlink(missing_ok=True)
 

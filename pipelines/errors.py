@@ -40,6 +40,22 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from pipelines.params_file import ParamsError
     from preprocessing.errors import PreprocessingError
 
-    # DatasetError and the parsers' and downloads' errors are PreprocessingErrors.
+    # DatasetError, WriteError and the parsers' and downloads' errors are PreprocessingErrors;
+    # any other OSError (a read-only folder, a full disk under a writer of a library) is
+    # reported by its own message, which names the file.
     return (ParamsError, CheckpointError, FileNotFoundError, PreprocessingError, TrainingError, RetrainError,
-            EvaluationError, SweepError)
+            EvaluationError, SweepError, OSError)
+
+
+def worth_a_retry(err: BaseException) -> bool:
+    """Whether running a failed task again could help: not for bad input, a failed run or
+    a write that failed for want of space, quota or permission; yes for other hiccups."""
+    from pipelines.params_file import ParamsError
+    from preprocessing.atomic import PERMANENT_ERRNOS
+    from preprocessing.errors import PreprocessingError
+
+    if isinstance(err, (TrainingError, ParamsError, PreprocessingError, CheckpointError, EvaluationError, UnicodeError)):
+        return False
+    if isinstance(err, OSError):
+        return err.errno not in PERMANENT_ERRNOS and not isinstance(err, (FileNotFoundError, PermissionError))
+    return True

@@ -38,7 +38,14 @@ def read_yaml(path: Path | str) -> dict[str, Any]:
     if not path.is_file():
         raise ParamsError(path, "", "file not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = path.read_bytes()[: err.start].count(b"\n") + 1
+        raise ParamsError(path, "", f"not UTF-8 text (line {line}, byte {err.start}: {err.reason})") from None
+    except OSError as err:
+        raise ParamsError(path, "", f"cannot read ({err.strerror or err})") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise ParamsError(path, "", f"not valid YAML ({err})") from err
     if not isinstance(data, dict):

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from pipelines.figures import training_curves_figure
+from preprocessing.atomic import atomic_write_text
 from pipelines.params import ReportParams
 from pipelines.report_tables import METRIC_ROWS, _likelihood_notes, _metrics_table, _model_order  # noqa: F401
 
@@ -244,7 +245,7 @@ def _render(eval_root: Path, models_root: Path, out: Path, params: ReportParams)
         + "\n".join(body)
         + "\n</body></html>\n"
     )
-    (out / "index.html").write_text(page, encoding="utf-8")
+    atomic_write_text(out / "index.html", page)
     _write_dvc_views(out, metrics)
 
 
@@ -255,7 +256,7 @@ def _write_dvc_views(out: Path, metrics: dict[str, dict[str, dict[str, Any]]]) -
     from pipelines.vega import write_html_template
 
     write_html_template(out / "plots_template.html")
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True, default=str) + "\n")
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True, default=str) + "\n")
     plots = out / "plots"
     plots.mkdir(exist_ok=True)
     figures = out / "figures"

@@ -5,11 +5,12 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from preprocessing.atomic import atomic_write
 
 # Columns of results.csv, in order; the numbers come from the point's eval and model metrics.
 RESULT_COLUMNS = (
@@ -119,12 +120,10 @@ def results_figure(summary: list[dict[str, Any]], path: Path) -> Path:
             ax.legend(fontsize=8)
     fig.suptitle("sweep: mean ± sd over seeds")
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    try:
+        return atomic_write(Path(path), lambda handle: fig.savefig(handle, format="png", dpi=90))
+    finally:
+        plt.close(fig)
 
 
 def write_results(rows: list[dict[str, Any]], out: Path) -> dict[str, Path]:

@@ -28,7 +28,7 @@ from pipelines.data import TrainingData, load_training_data
 from pipelines.fit import FitResult, StepHooks, fit, total_steps
 from pipelines.outputs import constraint_report, test_terms, write_outputs
 from pipelines.params import AUTO, CALIBRATED, LEARNED, BaseParams, TrainParams
-from pipelines.errors import ConstraintNotMetError, TrainingError
+from pipelines.errors import ConstraintNotMetError, worth_a_retry
 from pipelines.validation import calibrate_sigma_on, validation_for
 from pipelines.runtime import resolve_device, run_lock, set_determinism, set_threads
 from vhp_core import ConstraintConfig, ModelConfig, build_model
@@ -141,10 +141,8 @@ def train_one(
 def _no_retry_for_training_errors(task, task_run, state) -> bool:
     try:
         state.result()
-    except TrainingError:
-        return False
-    except Exception:  # noqa: BLE001 - anything else (I/O hiccups) is worth one more try
-        return True
+    except Exception as err:  # noqa: BLE001 - sorted by pipelines.errors.worth_a_retry
+        return worth_a_retry(err)
     return False
 
 

@@ -93,7 +93,7 @@ def write_html_template(path: Path) -> Path:
 
     A plain write: the report stage builds its folder aside and swaps it in whole.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(html_template(), encoding="utf-8")
-    return path
+    from preprocessing.atomic import atomic_write_text
+
+    atomic_write_text(path, html_template())
+    return Path(path)

@@ -25,14 +25,15 @@ from __future__ import annotations
 import http.client
 import os
 import socket
-import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from preprocessing.errors import PreprocessingError
+from preprocessing.atomic import atomic_write_text as _atomic_write_text
+from preprocessing.atomic import fsync_dir
+from preprocessing.errors import PreprocessingError, WriteError
 
 USER_AGENT = "vhp-fetch/0.1 (+python urllib)"
 CHUNK = 1 << 16
@@ -87,38 +88,9 @@ def part_path(target: Path) -> Path:
     return target.with_name(target.name + ".part")
 
 
-def fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def atomic_write_text(path: Path, text: str) -> bool:
     """Write ``text`` to ``path`` by temporary file, fsync and rename; False if unchanged."""
-    path = Path(path)
-    data = text.encode("utf-8")
-    if path.is_file() and path.read_bytes() == data:
-        return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-    return True
+    return _atomic_write_text(path, text, skip_unchanged=True)
 
 
 def _describe(err: BaseException) -> str:
@@ -196,23 +168,38 @@ def _transfer(url: str, target: Path, part: Path, timeout: float, progress: Any)
                 progress.total = (progress.total or 0) + (total - offset)
             progress.set_postfix_str(target.name, refresh=False)
         received = offset
-        with open(part, mode) as fh:
+        # Unbuffered: a failed write (disk full, quota) surfaces at the write that failed,
+        # as a WriteError naming the .part; only errors of the connection count as "lost".
+        try:
+            fh = open(part, mode, buffering=0)
+        except OSError as err:
+            raise WriteError(part, err) from err
+        with fh:
             try:
                 while True:
                     block = response.read(CHUNK)
                     if not block:
                         break
-                    fh.write(block)
+                    try:
+                        view = memoryview(block)
+                        while view:  # a raw write may take part of the block
+                            view = view[fh.write(view) :]
+                    except OSError as err:
+                        raise WriteError(part, err) from err
                     received += len(block)
                     if progress is not None:
                         progress.update(len(block))
+            except WriteError:
+                raise
             except (OSError, http.client.HTTPException) as err:
                 lost: BaseException | None = err
             else:
                 lost = None
             finally:
-                fh.flush()
-                os.fsync(fh.fileno())
+                try:
+                    os.fsync(fh.fileno())
+                except OSError as err:
+                    raise WriteError(part, err) from err
     if total is not None and received != total:
         how = f"connection lost ({_describe(lost)})" if lost is not None else "Content-Length mismatch"
         raise TruncatedError(url, target, f"{how}: received {received} of {total} bytes; {part.name} is kept, run again to resume")

@@ -33,7 +33,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
-from preprocessing.errors import DatasetError, PreprocessingError
+from preprocessing.errors import DatasetError, PreprocessingError, WriteError
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -214,6 +214,8 @@ def write_dataset(path: Path | str, arrays: Mapping[str, np.ndarray], attrs: Map
             os.rename(tmp, path)
     except DatasetError as err:
         raise DatasetError(path, err.problem) from err
+    except OSError as err:  # disk full, quota, read-only: one line naming the group, nothing left
+        raise WriteError(path, err) from err
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
