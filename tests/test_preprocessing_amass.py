@@ -193,3 +193,15 @@ def test_every_model_tree_is_a_tree() -> None:
     for joints, (model, names, parents) in TREES.items():
         assert len(names) == len(parents) == joints == len(set(names))
         assert parents[0] == -1 and all(0 <= p < k for k, p in enumerate(parents) if k)
+
+
+def test_a_turning_pelvis_is_unwrapped_along_the_trial(arrays, tmp_path) -> None:
+    """Two whole turns about the vertical: rz climbs to 720 degrees instead of jumping back by 360."""
+    a = dict(arrays["09_03"])
+    n = len(a["poses"])
+    turn = np.linspace(0.0, 4 * np.pi, n)
+    poses = np.zeros_like(a["poses"])
+    poses[:, :3] = Rotation.from_euler("z", turn[:, None]).as_rotvec()
+    read = read_amass(write_amass(tmp_path / "turn.npz", dict(a, poses=poses)))
+    rz = read.motion.values[:, read.motion.dof_names.index("pelvis.rz")]
+    np.testing.assert_allclose(rz, np.degrees(turn), atol=1e-6)
