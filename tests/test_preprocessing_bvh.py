@@ -300,3 +300,13 @@ def test_positions_agree_with_bvhio_where_it_is_installed() -> None:
         root.loadPose(k)
         theirs = np.array([tuple(j.PositionWorld) for j in layout])
         np.testing.assert_allclose(ours[k, pick], theirs, atol=1e-4)  # bvhio computes in float32
+
+
+def test_trials_with_different_channel_layouts_are_refused_as_for_amc(tmp_path) -> None:
+    raw = tmp_path / "raw" / "09"
+    shutil.copytree(SHIPPED_DATA / "bvh" / "09", raw)
+    other = raw / "09_08.bvh"
+    other.write_text(other.read_text().replace("CHANNELS 3 Zrotation Yrotation Xrotation", "CHANNELS 3 Xrotation Yrotation Zrotation", 1))
+    with pytest.raises(MocapFormatError, match="degrees of freedom differ from .*09_03.bvh; one data set needs one channel layout") as info:
+        prepare(stage_params(MocapParams, "prepare_mocap", source=str(tmp_path / "raw"), segment_frames=16), tmp_path / "m.zarr", progress=False)
+    assert str(other) in str(info.value) and not (tmp_path / "m.zarr").exists()
