@@ -270,7 +270,7 @@ def parse_bvh(path: Path | str) -> BvhMotion:
 
 
 def _read_frames(tok: _Tokens, skeleton: BvhSkeleton, n_frames: int, frames_at: int) -> np.ndarray:
-    sc, path = tok.sc, tok.path
+    sc = tok.sc
     body = tok.i
     n_channels = sum(len(j.dof) for j in skeleton.joints)
     if body < len(sc) and not sc.first[body]:
