@@ -330,3 +330,29 @@ def test_write_error_survives_pickling_with_its_message() -> None:
     err = WriteError("/x/model.pt", OSError(errno.ENOSPC, "No space left on device"))
     back = pickle.loads(pickle.dumps(err))
     assert str(back) == str(err) == "/x/model.pt: cannot write (No space left on device)" and back.errno == errno.ENOSPC
+
+
+def test_train_on_a_full_disk_exits_2_in_one_line_and_is_not_retried(tmp_path, harness, capsys, monkeypatch) -> None:
+    import pipelines.train
+    from test_reliability import write_params
+    from test_train_flow import synthetic_group
+
+    synthetic_group(tmp_path / "toy.zarr", n_train=64)
+    params = write_params(tmp_path / "params.yaml", epochs=2, checkpoint_every=1)
+    raw = yaml.safe_load(params.read_text())
+    raw["train"]["model"]["hidden"] = [512, 512]  # a checkpoint of several MB: beyond the limit below
+    params.write_text(yaml.safe_dump(raw))
+    calls = []
+    real = pipelines.train.train_one
+    monkeypatch.setattr(pipelines.train, "train_one", lambda *a, **k: calls.append(1) or real(*a, **k))
+    out, checkpoints = tmp_path / "m", tmp_path / "ck"
+    args = ["train", "--dataset", "toy", "--model", "vhp", "--data", str(tmp_path / "toy.zarr"), "--out", str(out),
+            "--checkpoints", str(checkpoints), "--params", str(params), "--no-progress"]
+    with file_size_limit(1 << 20):  # the captured console output stays below it, the checkpoint does not
+        code = main(args)
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.strip().splitlines() if ln.startswith("vhp train")]
+    assert code == 2 and len(lines) == 1 and "cannot write (File too large)" in lines[0] and "Traceback" not in err, err
+    assert calls == [1]  # WriteError: no retry
+    leftovers = [p for folder in (out, checkpoints) if folder.exists() for p in folder.rglob("*.tmp")]
+    assert leftovers == []
