@@ -245,17 +245,21 @@ def _smooth(values: np.ndarray, window: int) -> np.ndarray:
     return np.convolve(padded, kernel, mode="valid")
 
 
+# The panels of a training-curves figure: (curves.tsv column, axis label, log scale).
+CURVE_PANELS = (
+    ("lambda", "lambda", True),
+    ("c_hat", "C_hat (moving average of C)", True),
+    ("reconstruction", "reconstruction error C", True),
+    ("regulariser", "KL or E[log q - F]", False),
+    ("nll", "-log p(x|z)", False),
+    ("elbo", "ELBO (batch)", False),
+)
+
+
 def training_curves_figure(
     path: Path,
     curves: Mapping[str, Mapping[str, np.ndarray]],
-    panels: Sequence[tuple[str, str, bool]] = (
-        ("lambda", "lambda", True),
-        ("c_hat", "C_hat (moving average of C)", True),
-        ("reconstruction", "reconstruction error C", True),
-        ("regulariser", "KL or E[log q - F]", False),
-        ("nll", "-log p(x|z)", False),
-        ("elbo", "ELBO (batch)", False),
-    ),
+    panels: Sequence[tuple[str, str, bool]] = CURVE_PANELS,
     smoothing: int = 1,
     title: str = "",
 ) -> Path:

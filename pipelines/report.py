@@ -23,16 +23,15 @@ import math
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pipelines.figures import training_curves_figure
+from pipelines.figures import CURVE_PANELS, training_curves_figure
 from preprocessing.atomic import atomic_write_text
 from pipelines.params import ReportParams
-from pipelines.report_tables import METRIC_ROWS, _likelihood_notes, _metrics_table, _model_order  # noqa: F401
+from pipelines.report_tables import _likelihood_notes, _metrics_table, _model_order
 
 # Figures of one evaluated model, in page order, with captions.
 FIGURES: tuple[tuple[str, str], ...] = (
@@ -45,15 +44,6 @@ FIGURES: tuple[tuple[str, str], ...] = (
 )
 # Strips of frames are wide: models are stacked rather than put side by side, so frames stay legible.
 WIDE_FIGURES = frozenset({"interpolation_frames.png", "reconstructions.png", "prior_samples.png"})
-
-CURVE_PANELS = (
-    ("lambda", "lambda", True),
-    ("c_hat", "C_hat (moving average of C)", True),
-    ("reconstruction", "reconstruction error C", True),
-    ("regulariser", "KL or E[log q - F]", False),
-    ("nll", "-log p(x|z)", False),
-    ("elbo", "ELBO (batch)", False),
-)
 
 
 def read_curves(path: Path, max_points: int | None = None) -> dict[str, np.ndarray]:

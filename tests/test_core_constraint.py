@@ -24,7 +24,6 @@ from vhp_core import (
     auto_kappa,
     constraint_rule,
     earlier_rewo_update,
-    geco_update,
     objective_mode,
     probe_kappa_sq,
     rewo_update,

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from vhp_core import ConstraintConfig, ConstraintState, ModelConfig, build_model, log_likelihood, train_step
-from vhp_core.networks import Network, resolve_precision
+from vhp_core.networks import resolve_precision
 from vhp_core.training import restore_rng_states, rng_states
 
 pytestmark = [pytest.mark.gpu,
