@@ -9,6 +9,7 @@ runs its Prefect flow under ``prefect_test_harness``.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,15 @@ def shrunk_params(path: Path) -> Path:
     return path
 
 
+def expected_steps(data: Path | str, epochs: int = 2, batch_size: int = 8) -> int:
+    """Optimiser steps of the shrunk run: epochs x ceil(training rows / batch); val rows are not trained on."""
+    from preprocessing.store import open_dataset
+
+    dataset = open_dataset(data)
+    assert dataset.val is not None and len(dataset.val) > 0, "the shrunk faces data set must hold a val split"
+    return epochs * math.ceil(len(dataset.train) / batch_size)
+
+
 @pytest.mark.slow
 def test_prepare_train_evaluate_report(tmp_path, harness, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -52,7 +62,7 @@ def test_prepare_train_evaluate_report(tmp_path, harness, monkeypatch):
 
     for model in ("vhp", "iwae"):
         trained = json.loads(Path(f"models/faces/{model}/metrics.json").read_text())
-        assert trained["steps"] == 2 * 3  # 2 epochs of ceil(19 training images / 8)
+        assert trained["steps"] == expected_steps(data)  # 2 epochs of ceil(training images / 8)
         evaluated = json.loads(Path(f"eval/faces/{model}/metrics.json").read_text())
         assert evaluated["ll_samples"] == 16 and evaluated["stand_in_data"] is True
         assert evaluated["test_log_likelihood"] == pytest.approx(evaluated["test_log_likelihood"])  # finite
