@@ -48,6 +48,9 @@ METRICS = {
     "mf_median_data_raw_scale_dependent": ("median MF at the data, raw (scale-dependent)", 0),
     "prior_activation_step": ("warm-up end (step)", 0),
     "final_lambda": ("final λ", 0),
+    "lambda_max": ("largest λ of the run", 0),
+    "lambda_violated_share": ("share of λ updates with the constraint violated", 0),
+    "sigma": ("decoder σ (calibrated, scalar)", 0),
     "seconds": ("training wall time (s)", 0),
 }
 

@@ -151,17 +151,31 @@ def evaluate_params(points: int, quick: bool):
 def run_row(name: str, label: str, data: Path, seeds: tuple[int, ...], budget: tuple[int, int, int], quick: bool,
             out: Path) -> list[dict]:
     """Train and evaluate one row (model + constraint overrides) on one data set, every seed, through the sweep."""
-    from pipelines.params import BaseParams, SweepParams
-    from pipelines.sweep import grid, run_sweep
+    from pipelines.params import BaseParams
+    from pipelines.sweep import run_sweep
     from preprocessing.store import open_dataset
 
     model, constraint = ROWS[label]
     steps, rows, points = budget
     n_train = int(open_dataset(data).train.x.shape[0])
-    sweep = SweepParams(datasets=(name,), kappa=("auto",), models=(model,), seeds=seeds, task_runner="local",
-                        dask_address="", n_workers=1, out=str(out), epochs=0)
+    sweep = row_sweep(name, label, seeds, out)
     run_sweep(sweep, train_params(name, n_train, steps, rows, constraint), evaluate_params(points, quick),
               BaseParams(seed=0, threads=0, device="cpu"), {name: data}, out)
+    return read_records(name, label, sweep, out)
+
+
+def row_sweep(name: str, label: str, seeds: tuple[int, ...], out: Path):
+    """The sweep of one row: one data set, kappa auto, the row's model, every seed."""
+    from pipelines.params import SweepParams
+
+    return SweepParams(datasets=(name,), kappa=("auto",), models=(ROWS[label][0],), seeds=seeds, task_runner="local",
+                       dask_address="", n_workers=1, out=str(out), epochs=0)
+
+
+def read_records(name: str, label: str, sweep, out: Path) -> list[dict]:
+    """One record per seed of a finished row, from its training's and evaluation's metrics.json."""
+    from pipelines.sweep import grid
+
     records = []
     for point in grid(sweep):
         folder = out / point.folder
@@ -171,7 +185,9 @@ def run_row(name: str, label: str, data: Path, seeds: tuple[int, ...], budget: t
                "seconds": json.loads((folder / "model" / "timing.json").read_text())["seconds"],
                "eval_seconds": json.loads((folder / "eval" / "timing.json").read_text())["seconds"],
                **{k: trained.get(k) for k in ("final_lambda", "kappa_squared", "c_ae", "prior_activation_step",
-                                              "constraint_met")}}
+                                              "constraint_met", "lambda_max", "lambda_max_step", "lambda_updates",
+                                              "lambda_violated_share", "rewo_note")},
+               "sigma": (trained.get("sigma") or {}).get("sigma")}
         rec.update({k: evaluation.get(k) for k in (*METRICS, *EXTRA) if k in evaluation})
         records.append(rec)
     return records
@@ -195,7 +211,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", default="/tmp/vhp_bench_claims", help="data and run folders")
     parser.add_argument("--out", default=None, help="results JSON (default bench/results/claims[_quick].json)")
     parser.add_argument("--markdown", action="store_true", help="only render BENCHMARKS.md's claims section")
+    parser.add_argument("--reread", action="store_true",
+                        help="rebuild the records of --datasets from their finished run folders (no training; "
+                             "each data set's budget, wall time and load stay those of its run)")
     args = parser.parse_args(argv)
+    if args.reread:
+        return reread(args)
     if args.markdown:
         render_section("claims", markdown(load(RESULTS)), note=NOTE)
         print(markdown(load(RESULTS)))
@@ -232,6 +253,28 @@ def main(argv: list[str] | None = None) -> int:
         render_section("claims", markdown(results), note=NOTE)
     print(markdown(results))
     print(f"wrote {target}")
+    return 0
+
+
+def reread(args: argparse.Namespace) -> int:
+    """Records of finished runs read again from their folders (after a new column is added to the records)."""
+    target = Path(args.out) if args.out else RESULTS.with_name("claims_quick.json" if args.quick else "claims.json")
+    work = Path(args.work) / ("quick" if args.quick else "full")
+    results = load(target)
+    for name in args.datasets:
+        run = results["runs"].get(name)
+        if run is None:
+            raise SystemExit(f"{target}: no run of {name} to read again")
+        records = [rec for i, label in enumerate(run["rows"])
+                   for rec in read_records(name, label, row_sweep(name, label, tuple(run["seeds"]),
+                                                                  work / "runs" / name / f"row{i}"),
+                                           work / "runs" / name / f"row{i}")]
+        results["records"] = [r for r in results["records"] if r["dataset"] != name] + records
+    results["summary"] = summarise(results["records"])
+    target.write_text(json.dumps(results, indent=1, default=str) + "\n")
+    if target == RESULTS:
+        render_section("claims", markdown(results), note=NOTE)
+    print(f"read {', '.join(args.datasets)} again into {target}")
     return 0
 
 
