@@ -26,7 +26,8 @@ def warmup_only_note(state: ConstraintState, model_name: str) -> str | None:
     if state.violated > 0:
         return None
     return (f"REWO acted as a warm-up only: the constraint never bound "
-            f"(κ² = {state.kappa_sq:.4g}, C ended at {state.c_hat:.4g})")
+            f"(κ² = {state.kappa_sq:.4g}, C ended at {state.c_hat:.4g}): C stayed below κ² at every λ update "
+            f"once the prior learned, so λ was never pushed above 1")
 
 
 def constraint_diagnostics(state: ConstraintState, model_name: str) -> dict[str, Any]:

@@ -63,7 +63,8 @@ def test_candidates_need_the_prior_and_kappa() -> None:
 def test_diagnostics_and_the_warm_up_only_line() -> None:
     base = ConstraintState(1.0, 0.05, 500, True, 0.2, 0.17, 200)
     note = warmup_only_note(base, "vhp")
-    assert note == "REWO acted as a warm-up only: the constraint never bound (κ² = 0.2, C ended at 0.05)"
+    assert note == ("REWO acted as a warm-up only: the constraint never bound (κ² = 0.2, C ended at 0.05): "
+                    "C stayed below κ² at every λ update once the prior learned, so λ was never pushed above 1")
     bound = dataclasses.replace(base, updates=4, violated=1, lambda_peak=1.05, lambda_peak_step=300)
     assert warmup_only_note(bound, "vhp") is None
     d = constraint_diagnostics(bound, "vhp")
