@@ -68,6 +68,26 @@ def curves_rows(run: int, path: str) -> list[list[float]]:
     return rows
 
 
+def val_rows(run: int, path: str) -> list[list[float]]:
+    """val_curves.tsv of one made-up run: the training ELBO keeps rising, the val ELBO turns down (overfitting)."""
+    rows = []
+    for step in range(200, 20201, 100):
+        train = -80.0 + 30.0 * (1.0 - math.exp(-step / 4000.0)) + run
+        val = train - 5.0 - 1e-3 * step * (1.5 if "iwae" in path else 1.0)
+        rows.append([step, train, val, 0.4 - 1e-5 * step, 0.5 + 1e-6 * step, float(step <= 8000)])
+    return rows
+
+
+def curves_file(run_index: int, path: str) -> str:
+    """A made-up file of the kind the path names: the training curves or the train/val curves."""
+    from pipelines.outputs import curves_tsv
+    from pipelines.validation import val_tsv
+
+    if Path(path).name == "val_curves.tsv":
+        return val_tsv(val_rows(run_index, path))
+    return curves_tsv(curves_rows(run_index, path))
+
+
 def run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}"
@@ -127,7 +147,6 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, s
     import numpy as np
     from matplotlib.image import imsave
 
-    from pipelines.outputs import curves_tsv
     from pipelines.vega import write_html_template
 
     root = tmp_path_factory.mktemp("plots")
@@ -152,7 +171,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, s
     for name, run_index in RUNS.items():
         for f in files:
             (project / f).parent.mkdir(parents=True, exist_ok=True)
-            (project / f).write_text(curves_tsv(curves_rows(run_index, f)))
+            (project / f).write_text(curves_file(run_index, f))
         if name == "before":
             run(["git", "add", "-A"], project, env)
             run(["git", "commit", "-q", "-m", "the run before"], project, env)
