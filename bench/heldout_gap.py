@@ -1,4 +1,4 @@
-"""Where VHP's held-out log-likelihood goes: the evidence issue 23 asks for, from the claims run's models.
+"""Where VHP's held-out log-likelihood goes, from the claims run's models: the prior's train/test gap, reconstruction against prior part, sigma, capacity and inner samples.
 
 For one data set of bench/claims.py's full run and the rows vhp, iwae and iwae (warm-up), every seed:
 1. the prior's train/test gap in log p(z): the mean of log p(z) at codes z ~ q(z|x) of training
