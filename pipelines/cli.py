@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     args = parser.parse_args(argv)
-    from pipelines.errors import user_errors
+    from pipelines.errors import say_error, user_errors
 
     errors = user_errors()
     try:
@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         message = (str(err).splitlines() or [type(err).__name__])[0]
-        print(f"vhp {args.command}: error: {message}", file=sys.stderr)
+        say_error(f"vhp {args.command}: error: {message}")
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print(f"vhp {args.command}: interrupted", file=sys.stderr)

@@ -52,7 +52,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from pipelines.data import TrainingData
-from pipelines.errors import TrainingError, user_errors
+from pipelines.errors import TrainingError, say_error, user_errors
 from pipelines.fit import StepHooks
 from vhp_core import MODEL_NAMES, ConstraintState, ObjectiveParts
 
@@ -246,8 +246,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{result.seconds:.1f} s; wrote {args.out}")
     except user_errors() as err:
         # every rank that meets it says so in the same one line (a refusal is decided together)
-        print(f"vhp distributed: error: {str(err).splitlines()[0] if str(err) else type(err).__name__}",
-              file=sys.stderr)
+        say_error(f"vhp distributed: error: {str(err).splitlines()[0] if str(err) else type(err).__name__}")
         return 2
     finally:
         if world.distributed:

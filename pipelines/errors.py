@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import io
+import os
+import sys
+
 
 class TrainingError(RuntimeError):
     """Training cannot go on (non-finite run, lock held, constraint never met, ...); never worth a retry."""
@@ -59,3 +63,17 @@ def worth_a_retry(err: BaseException) -> bool:
     if isinstance(err, OSError):
         return err.errno not in PERMANENT_ERRNOS and not isinstance(err, (FileNotFoundError, PermissionError))
     return True
+
+
+def say_error(line: str) -> None:
+    """Write one line to standard error in a single ``write``, so that lines from processes
+    sharing the stream (the ranks under ``torchrun``) never interleave."""
+    sys.stderr.flush()
+    data = (line.rstrip("\n") + "\n").encode(errors="replace")
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, ValueError, io.UnsupportedOperation):  # a replaced stream (pytest's capsys)
+        sys.stderr.write(data.decode())
+        sys.stderr.flush()
+        return
+    os.write(fd, data)
