@@ -1,6 +1,6 @@
 """The paper's claims, measured: vhp against iwae and the controls, equal steps, over seeds, on real data.
 
-Engine: the project's own sweep (``pipelines.sweep.run_sweep``, a Prefect flow over
+Engine: the project's own sweep (``pipelines.sweep.run.run_sweep``, a Prefect flow over
 ``train_one`` + ``evaluate_model``); this script prepares the data, sets the budgets and
 gathers the numbers. Rows (bench/_claims_summary.py says what each win is owed to):
 vhp, iwae, iwae (warm-up) [train.constraint.variant: warmup], vhp (no warm-up)
@@ -152,7 +152,7 @@ def run_row(name: str, label: str, data: Path, seeds: tuple[int, ...], budget: t
             out: Path) -> list[dict]:
     """Train and evaluate one row (model + constraint overrides) on one data set, every seed, through the sweep."""
     from pipelines.params import BaseParams
-    from pipelines.sweep import run_sweep
+    from pipelines.sweep.run import run_sweep
     from preprocessing.store import open_dataset
 
     model, constraint = ROWS[label]
@@ -174,7 +174,7 @@ def row_sweep(name: str, label: str, seeds: tuple[int, ...], out: Path):
 
 def read_records(name: str, label: str, sweep, out: Path) -> list[dict]:
     """One record per seed of a finished row, from its training's and evaluation's metrics.json."""
-    from pipelines.sweep import grid
+    from pipelines.sweep.run import grid
 
     records = []
     for point in grid(sweep):

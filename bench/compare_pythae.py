@@ -343,7 +343,7 @@ class OursRunner:
         torch.manual_seed(budget.seed)
         self.budget = budget
         self.model = build_model(our_config(run, budget, x_shape))
-        self.optimiser = torch.optim.Adam(self.model.parameters(), lr=budget.lr, fused=True)  # as pipelines.fit
+        self.optimiser = torch.optim.Adam(self.model.parameters(), lr=budget.lr, fused=True)  # as pipelines.train.fit
         steps = budget.epochs * math.ceil(n_train / budget.batch_size)
         self.cfg = ConstraintConfig(kappa=budget.kappa, auto_max_steps=max(1, int(budget.auto_max_fraction * steps)))
         self.state = ConstraintState.initial(self.cfg, self.model.rule)
@@ -1038,7 +1038,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         f"- Command: `{_command(results['command'])}` (from the repository root); wall time of the whole run {results['wall_minutes']:.1f} min.",
         f"- Model (both libraries): MLP encoder 784-{'-'.join(map(str, b['hidden']))}-2×{b['latent_dim']}, decoder mirrored, "
         f"{b['activation']}, Bernoulli likelihood, {b['latent_dim']}-d latent; Adam, lr {b['lr']}, batch {b['batch_size']} "
-        "(ours: fused Adam, as `pipelines.fit` trains); pythae's encoder/decoder start from our initial weights.",
+        "(ours: fused Adam, as `pipelines.train.fit` trains); pythae's encoder/decoder start from our initial weights.",
         f"- Budget: {b['epochs']} epochs on {results['data']['train_images']:,} training images (a fresh binarisation per batch); "
         f"pythae BaseTrainer rows (timing only): {b['trainer_epochs']} epochs. IWAE K = {b['k_iw']}; VampPrior "
         f"{b['n_pseudo']} pseudo-inputs (both); vhp: ζ {b['zeta_dim']}-d, prior MLPs {'-'.join(map(str, b['prior_hidden']))}, "

@@ -43,7 +43,7 @@ from _benchmarks_md import render_section  # noqa: E402
 from claims import BUDGETS, ROWS  # noqa: E402
 
 from pipelines.checkpoint import load_model  # noqa: E402
-from pipelines.evaluate import test_inputs  # noqa: E402
+from pipelines.evaluate.stage import test_inputs  # noqa: E402
 from vhp_core import HierarchicalPrior  # noqa: E402
 from vhp_core.networks import evaluation_precision, set_precision  # noqa: E402
 

@@ -7,7 +7,7 @@ array ten times (preprocessing.store.write_dataset). Both groups live in --work
 (/tmp by default), never in the repository.
 
 Each setting (1x / 10x, in memory / streamed) trains the default VHP model
-(params.yaml train.model, batch 64) for --steps steps with pipelines.train.fit in a
+(params.yaml train.model, batch 64) for --steps steps with pipelines.train.flow.fit in a
 fresh subprocess, which reports its own peak RSS (resource.getrusage ru_maxrss),
 its RSS after imports, the time to load the training data and the steps per
 second. Streaming is forced with train.memory_budget_mb = 0 and avoided with a
@@ -92,11 +92,11 @@ def child(data: Path, budget_mb: int, steps: int, batch_size: int, work: Path) -
     """One setting, in this (fresh) process: load, train `steps` steps, report memory and speed."""
     import torch
 
-    from pipelines.data import load_training_data
-    from pipelines.fit import fit
+    from pipelines.train.data import load_training_data
+    from pipelines.train.fit import fit
     from pipelines.params import TrainParams, read_yaml, section
     from pipelines.runtime import set_determinism, set_threads
-    from pipelines.train import constraint_config, model_config
+    from pipelines.train.flow import constraint_config, model_config
     from preprocessing.store import open_dataset
     from vhp_core import build_model
 
@@ -137,7 +137,7 @@ def read_speed(data: Path, batch_size: int, n_batches: int, window_chunks: int) 
     import numpy as np
     import torch
 
-    from pipelines.data import TrainingData
+    from pipelines.train.data import TrainingData
     from preprocessing.store import open_dataset
 
     arr = open_dataset(data, check_values=False).train.x

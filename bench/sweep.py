@@ -62,7 +62,7 @@ def prepare_mocap(work: Path) -> Path:
 def child(runner: str, work: Path, out: Path) -> dict:
     """Run the sweep once in this process; returns the wall time and what ran."""
     from pipelines.params import BaseParams, EvaluateParams, SweepParams, TrainParams, read_yaml, section
-    from pipelines.sweep import run_sweep
+    from pipelines.sweep.run import run_sweep
 
     raw = read_yaml(ROOT / "params.yaml")
     train = dataclasses.replace(section(TrainParams, raw, "train"), max_train_samples=MAX_TRAIN_SAMPLES,

@@ -76,7 +76,7 @@ def _load_stage_params(path: str) -> dict[str, Any]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from pipelines.params import BaseParams, TrainParams, section
-    from pipelines.train import run_training
+    from pipelines.train.flow import run_training
 
     raw = _load_stage_params(args.params)
     base = section(BaseParams, raw, "base", args.params)
@@ -93,7 +93,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from pipelines.evaluate import evaluate_model
+    from pipelines.evaluate.stage import evaluate_model
     from pipelines.params import BaseParams, EvaluateParams, section
     from pipelines.runtime import set_threads
 
@@ -109,7 +109,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from pipelines.params import ReportParams, section
-    from pipelines.report import build_report
+    from pipelines.report.build import build_report
 
     raw = _load_stage_params(args.params)
     params = section(ReportParams, raw, "report", args.params)
@@ -119,7 +119,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_retrain_run(args: argparse.Namespace) -> int:
-    from pipelines.retrain import run_retrain_once
+    from pipelines.retrain.flow import run_retrain_once
 
     decision = run_retrain_once(Path(args.project), force=args.force)
     print(json.dumps(decision, indent=1, default=str))
@@ -127,14 +127,14 @@ def cmd_retrain_run(args: argparse.Namespace) -> int:
 
 
 def cmd_retrain_serve(args: argparse.Namespace) -> int:
-    from pipelines.retrain import serve
+    from pipelines.retrain.flow import serve
 
     serve(Path(args.project), cron=args.cron, interval=args.interval, name=args.name)
     return 0
 
 
 def cmd_retrain_status(args: argparse.Namespace) -> int:
-    from pipelines.retrain import read_registry
+    from pipelines.retrain.flow import read_registry
 
     registry = read_registry(Path(args.project))
     print(json.dumps(registry, indent=1, default=str))
@@ -142,7 +142,7 @@ def cmd_retrain_status(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from pipelines.sweep import run_sweep_cli
+    from pipelines.sweep.run import run_sweep_cli
 
     return run_sweep_cli(args)
 
@@ -175,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     def progress_arg(p: argparse.ArgumentParser) -> None:
         p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
-    from pipelines.fetch import add_fetch_parser
+    from pipelines.prepare.fetch import add_fetch_parser
 
     add_fetch_parser(sub)
 
@@ -255,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_retrain_status)
 
     try:
-        from pipelines.sweep import add_sweep_parser
+        from pipelines.sweep.run import add_sweep_parser
 
         add_sweep_parser(sub, cmd_sweep)
     except ImportError:

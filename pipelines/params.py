@@ -6,7 +6,7 @@ defaults: params.yaml is the only source of values, so a key deleted from the fi
 is an error, never silently filled in (``pipelines.params_file`` reads strictly).
 Value checks (negative sizes, kappa <= 0, ...) live in ``__post_init__``.
 vhp_core's ``ModelConfig`` and ``ConstraintConfig`` are built from these records by
-``pipelines.train.model_config`` and ``constraint_config``.
+``pipelines.train.flow.model_config`` and ``constraint_config``.
 """
 
 from __future__ import annotations

@@ -81,7 +81,7 @@ def test_an_unmet_constraint_is_said_in_words_when_not_required(tmp_path):
 
 def test_evaluating_a_model_on_another_data_set_is_one_line(tmp_path, capsys, harness):
     from pipelines.params import BaseParams, TrainParams, section
-    from pipelines.train import run_training
+    from pipelines.train.flow import run_training
 
     synthetic_group(tmp_path / "toy.zarr", dim=6)
     synthetic_group(tmp_path / "other.zarr", dim=8)

@@ -73,7 +73,7 @@ def test_network_opens_autocast_for_the_device_of_its_input(monkeypatch):
 def test_model_config_resolves_auto_precision_for_the_training_device(cuda_bf16, monkeypatch):
     from test_train_flow import tiny_params
 
-    from pipelines.train import model_config
+    from pipelines.train.flow import model_config
 
     monkeypatch.setattr(networks, "native_bf16", lambda: False)
     params = tiny_params(precision="auto")
@@ -104,7 +104,7 @@ def test_rng_states_carry_the_cuda_generators_when_training_on_cuda(monkeypatch)
 def test_checkpoints_hold_the_rng_states_and_resume_restores_them(tmp_path, monkeypatch):
     from test_train_flow import fresh_model, make_run, tiny_params
 
-    from pipelines import fit as fit_module
+    from pipelines.train import fit as fit_module
     from pipelines.checkpoint import load_payload
 
     params = tiny_params(epochs=2, checkpoint_every=3)
@@ -130,7 +130,7 @@ def test_in_memory_data_stay_put_off_the_gpu(tmp_path):
 def _finish_worker(rank: int, store: str, mode: str, out: str) -> None:
     import torch.distributed as dist
 
-    from pipelines.distributed import World, finish_together
+    from pipelines.train.distributed import World, finish_together
     from pipelines.errors import TrainingError
     from vhp_core import ConstraintConfig, ConstraintState
 
@@ -199,7 +199,7 @@ def test_torchrun_refusal_ends_every_rank_with_the_same_one_line_error(tmp_path)
 def test_distributed_main_reports_a_user_error_in_one_line(tmp_path, capsys):
     from test_train_flow import synthetic_group
 
-    from pipelines.distributed import main
+    from pipelines.train.distributed import main
 
     data = synthetic_group(tmp_path / "toy.zarr", n_train=32, n_test=8)
     params = _refusing_params(tmp_path, epochs=1, batch_size=16)

@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from pipelines.checkpoint import load_payload
-from pipelines.distributed import World, rank_slices, shard_seed
+from pipelines.train.distributed import World, rank_slices, shard_seed
 from test_train_flow import ROOT, fresh_model, make_run, synthetic_group, tiny_params
 from vhp_core import ConstraintState, train_step
 
@@ -44,8 +44,8 @@ def test_uneven_last_batch_splits_into_nearly_equal_shards():
 
 def test_one_process_hooks_give_the_same_step_as_the_plain_loop(tmp_path):
     """With one shard the data-parallel hooks change nothing but where the noise comes from."""
-    from pipelines.distributed import data_parallel_hooks
-    from pipelines.fit import fit
+    from pipelines.train.distributed import data_parallel_hooks
+    from pipelines.train.fit import fit
 
     params = tiny_params(kappa={"toy": 0.9}, epochs=2)
     data, config, ccfg = make_run(tmp_path, params)
@@ -58,7 +58,7 @@ def test_one_process_hooks_give_the_same_step_as_the_plain_loop(tmp_path):
 
 
 def test_non_finite_shard_skips_the_step_and_keeps_the_state(tmp_path):
-    from pipelines.distributed import data_parallel_hooks
+    from pipelines.train.distributed import data_parallel_hooks
 
     params = tiny_params()
     data, config, ccfg = make_run(tmp_path, params)
@@ -89,7 +89,7 @@ def _params_file(tmp_path, **train) -> str:
 
 def _torchrun(tmp_path, common: list[str], out: str, **popen) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-            "-m", "pipelines.distributed", *common, "--out", str(tmp_path / out),
+            "-m", "pipelines.train.distributed", *common, "--out", str(tmp_path / out),
             "--checkpoints", str(tmp_path / f"ck-{out}")]
 
 
@@ -104,7 +104,7 @@ def test_two_processes_match_one_process_on_the_same_global_batch(tmp_path):
     params = _params_file(tmp_path, epochs=3, batch_size=32)
     common = ["--data", str(data), "--params", params, "--model", "vhp", "--shards", "2"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    one = subprocess.run([sys.executable, "-m", "pipelines.distributed", *common, "--out", str(tmp_path / "one"),
+    one = subprocess.run([sys.executable, "-m", "pipelines.train.distributed", *common, "--out", str(tmp_path / "one"),
                           "--checkpoints", str(tmp_path / "ck-one")],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr

@@ -49,7 +49,7 @@ def _dataset(path: Path, rows: int = 64) -> None:
 
 
 def _figure():
-    from pipelines.figures import new_figure
+    from pipelines.plotting import new_figure
 
     fig = new_figure(2, 2)
     fig.add_subplot(1, 1, 1).plot(np.arange(50), np.sin(np.arange(50)))
@@ -61,12 +61,12 @@ def _writers() -> dict:
     import torch
 
     from pipelines.checkpoint import atomic_torch_save, atomic_write_json
-    from pipelines.figures import save_figure
-    from pipelines.sweep_results import results_figure
-    from pipelines.vega import write_html_template
+    from pipelines.plotting import save_figure
+    from pipelines.sweep.results import results_figure
+    from pipelines.report.vega import write_html_template
     from preprocessing.download import atomic_write_text as download_write_text
 
-    from pipelines.sweep_results import aggregate
+    from pipelines.sweep.results import aggregate
 
     summary = aggregate([{"dataset": "d", "model": "vhp", "kappa": k, "seed": 0, "test_log_likelihood": -k, "knn_accuracy": 0.5}
                          for k in (0.1, 1.0)])
@@ -227,7 +227,7 @@ class _State:
 ])
 def test_the_train_task_retries_only_what_a_retry_can_fix(err, retry) -> None:
     from pipelines.errors import NonFiniteTrainingError
-    from pipelines.train import _no_retry_for_training_errors
+    from pipelines.train.flow import _no_retry_for_training_errors
 
     assert _no_retry_for_training_errors(None, None, _State(err)) is retry
     assert _no_retry_for_training_errors(None, None, _State(NonFiniteTrainingError("nan"))) is False
@@ -333,7 +333,7 @@ def test_write_error_survives_pickling_with_its_message() -> None:
 
 
 def test_train_on_a_full_disk_exits_2_in_one_line_and_is_not_retried(tmp_path, harness, capsys, monkeypatch) -> None:
-    import pipelines.train
+    import pipelines.train.flow
     from test_reliability import write_params
     from test_train_flow import synthetic_group
 
@@ -343,8 +343,8 @@ def test_train_on_a_full_disk_exits_2_in_one_line_and_is_not_retried(tmp_path, h
     raw["train"]["model"]["hidden"] = [512, 512]  # a checkpoint of several MB: beyond the limit below
     params.write_text(yaml.safe_dump(raw))
     calls = []
-    real = pipelines.train.train_one
-    monkeypatch.setattr(pipelines.train, "train_one", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = pipelines.train.flow.train_one
+    monkeypatch.setattr(pipelines.train.flow, "train_one", lambda *a, **k: calls.append(1) or real(*a, **k))
     out, checkpoints = tmp_path / "m", tmp_path / "ck"
     args = ["train", "--dataset", "toy", "--model", "vhp", "--data", str(tmp_path / "toy.zarr"), "--out", str(out),
             "--checkpoints", str(checkpoints), "--params", str(params), "--no-progress"]

@@ -151,7 +151,7 @@ def _ddp_worker(rank: int, world_size: int, store: str, out: str) -> None:
             x = torch.bernoulli(grey[rank * 64:(rank + 1) * 64], generator=g)
             state, terms = train_step(model, optimiser, x, state, cfg, g, forward=ddp, reduce=reduce)
             assert terms.finite
-        # the finish of pipelines.distributed: broadcast on the parameters' device, one all-reduce of flags
+        # the finish of pipelines.train.distributed: broadcast on the parameters' device, one all-reduce of flags
         flat = torch.cat([p.detach().reshape(-1).double() for p in model.parameters()])
         reference = flat.clone()
         dist.broadcast(reference, src=0)
@@ -182,7 +182,7 @@ def test_the_pipeline_trains_on_the_gpu_with_data_on_the_device(tmp_path):
     pytest.importorskip("prefect")
     from test_train_flow import fresh_model, make_run, tiny_params
 
-    from pipelines.fit import fit
+    from pipelines.train.fit import fit
 
     params = tiny_params(epochs=2, checkpoint_every=3, precision="fp32")
     data, config, ccfg = make_run(tmp_path, params, model_name="vae")

@@ -8,8 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from scipy.spatial.distance import pdist
 
-from pipelines.evaluate_figures import principal_plane
-from pipelines.latent import (
+from pipelines.evaluate.figures import principal_plane
+from pipelines.evaluate.latent import (
     active_units,
     arc_length_indices,
     curve_length,

@@ -28,10 +28,10 @@ from hypothesis import strategies as st
 from torch import nn
 
 from conftest import stage_params
-from pipelines import latent
-from pipelines import evaluate
-from pipelines.evaluate import _test_set_numbers, encode_means
-from pipelines.evaluate_latent import SCALE_DEPENDENT, interpolate_pairs, interpolation_numbers, latent_numbers
+from pipelines.evaluate import latent
+from pipelines.evaluate import stage as evaluate
+from pipelines.evaluate.stage import _test_set_numbers, encode_means
+from pipelines.evaluate.latent_metrics import SCALE_DEPENDENT, interpolate_pairs, interpolation_numbers, latent_numbers
 from pipelines.params import EvaluateParams
 from strategies import LatentMap, latent_axis_scalings, latent_similarities, seeds
 from vhp_core import ModelConfig, build_model

@@ -25,7 +25,7 @@ from pipelines.params import (
     read_yaml,
     section,
 )
-from pipelines.train import constraint_config, model_config
+from pipelines.train.flow import constraint_config, model_config
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = ROOT / "params.yaml"

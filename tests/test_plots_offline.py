@@ -2,7 +2,7 @@
 
 A small DVC project in a temporary folder gets this project's top-level
 ``plots:`` section, its ``.dvc/config`` and ``.dvc/plots`` templates, the page
-template the report stage writes (``pipelines.vega``) and the curves.tsv files
+template the report stage writes (``pipelines.report.vega``) and the curves.tsv files
 of two runs: one committed, one in the workspace. The real DVC commands write
 the page; headless Chromium, with every host name unresolvable, renders it and
 dumps the DOM, which must hold an SVG line mark with points for every curve plot
@@ -80,8 +80,8 @@ def val_rows(run: int, path: str) -> list[list[float]]:
 
 def curves_file(run_index: int, path: str) -> str:
     """A made-up file of the kind the path names: the training curves or the train/val curves."""
-    from pipelines.outputs import curves_tsv
-    from pipelines.validation import val_tsv
+    from pipelines.train.outputs import curves_tsv
+    from pipelines.train.validation import val_tsv
 
     if Path(path).name == "val_curves.tsv":
         return val_tsv(val_rows(run_index, path))
@@ -147,7 +147,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, s
     import numpy as np
     from matplotlib.image import imsave
 
-    from pipelines.vega import write_html_template
+    from pipelines.report.vega import write_html_template
 
     root = tmp_path_factory.mktemp("plots")
     project = root / "project"

@@ -22,7 +22,7 @@ import yaml
 from pipelines.checkpoint import load_payload
 from pipelines.cli import main
 from pipelines.errors import NonFiniteTrainingError
-from pipelines.fit import fit
+from pipelines.train.fit import fit
 from pipelines.params import read_yaml
 from test_train_flow import fresh_model, make_run, synthetic_group, tiny_params
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines.figures import new_figure, save_figure
+from pipelines.plotting import new_figure, save_figure
 from pipelines.params import ReportParams
-from pipelines.report import FIGURES, build_report, read_curves
+from pipelines.report.build import FIGURES, build_report, read_curves
 from conftest import stage_params
 
 CURVE_HEADER = ["step", "epoch", "total", "reconstruction", "nll", "regulariser", "lambda", "c_hat", "constraint",
@@ -166,7 +166,7 @@ def _checkpoint(model_dir: Path, model_name: str, x_shape: tuple[int, ...]) -> N
 
 
 def _evaluate_tree(tmp_path: Path, data: Path, models: tuple[str, ...], x_shape: tuple[int, ...]) -> Path:
-    from pipelines.evaluate import evaluate_model
+    from pipelines.evaluate.stage import evaluate_model
     from pipelines.params import EvaluateParams
 
     name = data.stem

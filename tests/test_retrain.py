@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from pipelines.params import RetrainParams
-from pipelines.retrain import decide, pipeline_changes, read_metric, read_registry
+from pipelines.retrain.flow import decide, pipeline_changes, read_metric, read_registry
 
 STAGE = textwrap.dedent(
     """
@@ -99,7 +99,7 @@ def test_read_metric_refuses_missing_and_non_finite(tmp_path):
 
 @pytest.mark.skipif(shutil.which("git") is None, reason="git is needed for a DVC project")
 def test_promotes_only_better_models_asking_dvc_what_changed(tmp_path, harness, monkeypatch):
-    from pipelines.retrain import run_retrain_once
+    from pipelines.retrain.flow import run_retrain_once
 
     monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}:{__import__('os').environ['PATH']}")
     root = make_project(tmp_path / "p")
@@ -155,7 +155,7 @@ def test_promotes_only_better_models_asking_dvc_what_changed(tmp_path, harness, 
 def test_a_held_lock_makes_a_duplicate_run_harmless(tmp_path, harness):
     from filelock import FileLock
 
-    from pipelines.retrain import run_retrain_once
+    from pipelines.retrain.flow import run_retrain_once
 
     root = tmp_path / "p"
     root.mkdir()

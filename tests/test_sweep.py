@@ -12,8 +12,8 @@ import pytest
 from conftest import stage_params
 from pipelines.errors import SweepError
 from pipelines.params import BaseParams, EvaluateParams, ParamsError, SweepParams, from_dict, read_yaml
-from pipelines.sweep import GridPoint, grid, run_sweep
-from pipelines.sweep_results import aggregate, results_markdown, write_results
+from pipelines.sweep.run import GridPoint, grid, run_sweep
+from pipelines.sweep.results import aggregate, results_markdown, write_results
 from test_train_flow import ROOT, synthetic_group, tiny_params
 
 TINY_EVALUATE = stage_params(
@@ -111,7 +111,7 @@ def test_grid_point_folder_names_kappa_compactly():
 
 
 def test_a_failed_point_does_not_hide_the_others(tmp_path, harness, monkeypatch):
-    import pipelines.sweep as sweep_module
+    import pipelines.sweep.run as sweep_module
 
     def fake_run_point(point, data_path, point_dir, train, evaluate, device, threads, progress=False):
         if point.seed == 1:

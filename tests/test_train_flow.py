@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from pipelines.checkpoint import CheckpointError, load_model, load_payload
-from pipelines.data import load_training_data
+from pipelines.train.data import load_training_data
 from pipelines.errors import RunLockedError
-from pipelines.fit import fit, learning_rate
+from pipelines.train.fit import fit, learning_rate
 from pipelines.params import BaseParams, TrainParams, read_yaml, section
 from pipelines.runtime import run_lock, set_determinism
-from pipelines.train import constraint_config, model_config, run_training
+from pipelines.train.flow import constraint_config, model_config, run_training
 from preprocessing.store import identity_normalisation, open_dataset, write_dataset
 from vhp_core import build_model
 

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.diagnostics import constraint_diagnostics, warmup_only_note
-from pipelines.fit import fit
-from pipelines.validation import Selection, Validation, is_candidate
+from pipelines.train.diagnostics import constraint_diagnostics, warmup_only_note
+from pipelines.train.fit import fit
+from pipelines.train.validation import Selection, Validation, is_candidate
 from tests.conftest import stage_params
 from tests.test_train_flow import fresh_model, make_run, tiny_params
 from vhp_core import ConstraintConfig, ConstraintState
@@ -79,7 +79,7 @@ def test_kappa_auto_keeps_the_constraint_reachable_and_trains_the_prior(tmp_path
     # Real CMU trials shipped with the tests, prepared with params.yaml's prepare_mocap (val held
     # out), trained with params.yaml's train section (calibrated sigma, kappa: auto) for a short
     # run: every seed chooses kappa^2 above C_ae, meets it, and trains the prior.
-    from pipelines.train import train_one
+    from pipelines.train.flow import train_one
     from preprocessing.mocap import MocapParams, prepare
 
     prepare(stage_params(MocapParams, "prepare_mocap", source=str(cmu_reference), seed=seed), tmp_path / "m.zarr",

@@ -6,12 +6,12 @@ Writes eval/<dataset>/<model>/:
   ELBO on the same points and samples, for the hierarchical prior the same
   estimate at a second K_eval (has it converged?), the ELBO terms over the whole
   test split, the final lambda of training, and the paper's qualitative claims
-  as scale-free numbers (pipelines/evaluate_latent.py; definitions in the
+  as scale-free numbers (pipelines/evaluate/latent_metrics.py; definitions in the
   README's Evaluation section);
 - interpolation.json: the per-pair numbers behind the interpolation medians;
 - timing.json: the wall time (kept out of metrics.json, which DVC compares);
 - latent_map.png, interpolation.png, interpolation_frames.png,
-  reconstructions.png, prior_samples.png (drawn by pipelines/evaluate_figures.py).
+  reconstructions.png, prior_samples.png (drawn by pipelines/evaluate/figures.py).
 
 Latent spaces of more than two dimensions are drawn in the plane of their first
 two principal components (through the mean of the encoded test data); the MF
@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from pipelines import latent
+from pipelines.evaluate import latent
 from pipelines.checkpoint import atomic_write_json, load_model
 from pipelines.errors import EvaluationError
 from pipelines.params import EvaluateParams
@@ -237,8 +237,8 @@ def evaluate_model(
 
     Returns the metrics written to out_dir/metrics.json (results only; the wall time goes to timing.json).
     """
-    from pipelines.evaluate_figures import Figures
-    from pipelines.evaluate_latent import interpolate_pairs, interpolation_numbers, latent_numbers
+    from pipelines.evaluate.figures import Figures
+    from pipelines.evaluate.latent_metrics import interpolate_pairs, interpolation_numbers, latent_numbers
     from preprocessing.store import open_dataset
 
     t0 = time.perf_counter()

@@ -18,9 +18,9 @@ import numpy as np
 import torch
 
 from pipelines.checkpoint import atomic_torch_save, atomic_write_json, atomic_write_text, config_to_dict
-from pipelines.diagnostics import constraint_diagnostics, lambda_moved, sigma_summary
-from pipelines.fit import CURVE_COLUMNS, FitResult
-from pipelines.validation import VAL_COLUMNS, val_tsv
+from pipelines.train.diagnostics import constraint_diagnostics, lambda_moved, sigma_summary
+from pipelines.train.fit import CURVE_COLUMNS, FitResult
+from pipelines.train.validation import VAL_COLUMNS, val_tsv
 from pipelines.params import TrainParams
 from vhp_core import ConstraintConfig, ModelConfig, constraint_rule
 
@@ -32,7 +32,7 @@ def test_terms(model: torch.nn.Module, dataset: Any, seed: int, batch_size: int 
     The same inputs and means as the evaluate stage (its fixed binarised test copy
     for Bernoulli data), so the two stages' numbers agree.
     """
-    from pipelines.evaluate import mean_loss_terms, test_inputs
+    from pipelines.evaluate.stage import mean_loss_terms, test_inputs
 
     model.eval()
     state = torch.get_rng_state()
@@ -147,7 +147,7 @@ def plot_curves(curves: list[list[float]], path: Path, title: str, kappa_squared
                 val_rows: list[list[float]] | None = None) -> None:
     """Training curves as a PNG: lambda (only when it moved; otherwise C_hat against kappa^2
     carries the story), C_hat against kappa^2, loss terms, and train against val ELBO."""
-    from pipelines.figures import new_figure, save_figure
+    from pipelines.plotting import new_figure, save_figure
 
     arr = np.asarray(curves, dtype=float).reshape(-1, len(CURVE_COLUMNS))
     col = {name: i for i, name in enumerate(CURVE_COLUMNS)}

@@ -1,6 +1,6 @@
 """The report's metrics table: row order and definitions, cell formatting, and the log-likelihood notes.
 
-Split from pipelines/report.py, which lays out the page; definitions in full are in the
+Split from pipelines/report/build.py, which lays out the page; definitions in full are in the
 README's "Evaluation: what the numbers mean".
 """
 

@@ -1,9 +1,9 @@
 """Data-parallel training with torch DistributedDataParallel (DDP): a launcher around ``train_one``.
 
-    torchrun --standalone --nproc_per_node 2 -m pipelines.distributed \\
+    torchrun --standalone --nproc_per_node 2 -m pipelines.train.distributed \\
         --data data/processed/mocap.zarr --params params.yaml --out models/mocap/vhp --model vhp
 
-Every process (rank) runs the same ``pipelines.train.train_one`` -> ``fit`` ->
+Every process (rank) runs the same ``pipelines.train.flow.train_one`` -> ``fit`` ->
 ``vhp_core.train_step`` as ``vhp train``; this module only supplies the
 ``StepHooks`` that make it data-parallel:
 
@@ -51,9 +51,9 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from pipelines.data import TrainingData
+from pipelines.train.data import TrainingData
 from pipelines.errors import TrainingError, say_error, user_errors
-from pipelines.fit import StepHooks
+from pipelines.train.fit import StepHooks
 from vhp_core import MODEL_NAMES, ConstraintState, ObjectiveParts
 
 
@@ -186,9 +186,9 @@ def world_from_env(n_shards: int | None) -> World:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m pipelines.distributed",
+        prog="python -m pipelines.train.distributed",
         description="Data-parallel training of one model with DistributedDataParallel; launch with "
-                    "`torchrun --nproc_per_node N -m pipelines.distributed ...` (gloo on CPU, nccl on GPUs). "
+                    "`torchrun --nproc_per_node N -m pipelines.train.distributed ...` (gloo on CPU, nccl on GPUs). "
                     "Without torchrun it trains in one process. Same loop, checkpoints and outputs as "
                     "`vhp train`; an interrupted run started again resumes from its last checkpoint.")
     p.add_argument("--data", required=True, help="zarr group from `vhp prepare`")
@@ -209,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from pipelines.params import BaseParams, TrainParams, read_yaml, section
     from pipelines.runtime import resolve_device, set_threads
-    from pipelines.train import open_training_set, train_one
+    from pipelines.train.flow import open_training_set, train_one
 
     args = build_parser().parse_args(argv)
     raw = read_yaml(args.params)

@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipelines import latent
-from pipelines.evaluate import _finite, _label, _mf, _rows, _subset, decode_means, encode_means
+from pipelines.evaluate import latent
+from pipelines.evaluate.stage import _finite, _label, _mf, _rows, _subset, decode_means, encode_means
 from pipelines.params import EvaluateParams
 
 # Continuous factors read out linearly from the latent code (faces).

@@ -1,7 +1,7 @@
 """The sweep: a grid of trainings (data set x model x kappa x seed) as one Prefect flow.
 
-Each grid point is one training (``pipelines.train.train_one``, the recipe every
-trainer uses) and one evaluation (``pipelines.evaluate.evaluate_model``) inside
+Each grid point is one training (``pipelines.train.flow.train_one``, the recipe every
+trainer uses) and one evaluation (``pipelines.evaluate.stage.evaluate_model``) inside
 one Prefect task, with its own folder::
 
     <out>/<dataset>/<model>/kappa=<kappa>/seed=<seed>/
@@ -52,7 +52,7 @@ from prefect.cache_policies import INPUTS, NONE, TASK_SOURCE
 
 from pipelines.errors import SweepError
 from pipelines.params import EvaluateParams, SweepParams, TrainParams
-from pipelines.sweep_results import aggregate, results_markdown, write_results  # noqa: F401
+from pipelines.sweep.results import aggregate, results_markdown, write_results  # noqa: F401
 
 
 
@@ -98,7 +98,7 @@ def point_train_params(train: TrainParams, sweep: SweepParams, point: GridPoint)
 
 def data_fingerprint(data_path: Path) -> str:
     """The data identity the trainer uses in its checkpoints (sources, params, schema)."""
-    from pipelines.data import data_id_of
+    from pipelines.train.data import data_id_of
     from preprocessing.store import open_dataset
 
     return data_id_of(open_dataset(Path(data_path), check_values=False))
@@ -134,9 +134,9 @@ def run_point(point: GridPoint, data_path: Path, point_dir: Path, train: TrainPa
     Plain function (no Prefect): the sweep's task calls it on whichever worker runs
     the point. An interrupted point resumes from ``point_dir/checkpoint.pt``.
     """
-    from pipelines.evaluate import evaluate_model
+    from pipelines.evaluate.stage import evaluate_model
     from pipelines.runtime import set_threads
-    from pipelines.train import train_one
+    from pipelines.train.flow import train_one
 
     t0 = time.perf_counter()
     point_dir = Path(point_dir)

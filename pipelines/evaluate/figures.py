@@ -16,8 +16,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipelines import figures, latent
-from pipelines.evaluate import COLOUR_LABELS, _label, _label_info, _subset, decode_means, mf_chunk_size
+from pipelines import plotting as figures
+
+from pipelines.evaluate import latent
+from pipelines.evaluate.stage import COLOUR_LABELS, _label, _label_info, _subset, decode_means, mf_chunk_size
 from pipelines.params import EvaluateParams
 from vhp_core.geometry import magnification_factor_grid
 

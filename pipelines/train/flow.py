@@ -24,12 +24,12 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from prefect.cache_policies import NONE
 from prefect.logging import get_run_logger
 
-from pipelines.data import TrainingData, load_training_data
-from pipelines.fit import FitResult, StepHooks, fit, total_steps
-from pipelines.outputs import constraint_report, test_terms, write_outputs
+from pipelines.train.data import TrainingData, load_training_data
+from pipelines.train.fit import FitResult, StepHooks, fit, total_steps
+from pipelines.train.outputs import constraint_report, test_terms, write_outputs
 from pipelines.params import AUTO, CALIBRATED, LEARNED, BaseParams, TrainParams
 from pipelines.errors import ConstraintNotMetError, worth_a_retry
-from pipelines.validation import calibrate_sigma_on, validation_for
+from pipelines.train.validation import calibrate_sigma_on, validation_for
 from pipelines.runtime import resolve_device, run_lock, set_determinism, set_threads
 from vhp_core import ConstraintConfig, ModelConfig, build_model
 from vhp_core.networks import resolve_precision

@@ -28,10 +28,10 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.figures import CURVE_PANELS, training_curves_figure
+from pipelines.plotting import CURVE_PANELS, training_curves_figure
 from preprocessing.atomic import atomic_write_text
 from pipelines.params import ReportParams
-from pipelines.report_tables import _likelihood_notes, _metrics_table, _model_order
+from pipelines.report.tables import _likelihood_notes, _metrics_table, _model_order
 
 # Figures of one evaluated model, in page order, with captions.
 FIGURES: tuple[tuple[str, str], ...] = (
@@ -243,7 +243,7 @@ def _write_dvc_views(out: Path, metrics: dict[str, dict[str, dict[str, Any]]]) -
     """What dvc.yaml declares at top level: one metrics file, a folder of PNG plots, and the page
     template (vega inlined) that makes `dvc plots show`/`diff` of the training curves render offline.
     """
-    from pipelines.vega import write_html_template
+    from pipelines.report.vega import write_html_template
 
     write_html_template(out / "plots_template.html")
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True, default=str) + "\n")

@@ -30,9 +30,9 @@ import torch
 from tqdm.auto import tqdm
 
 from pipelines.checkpoint import CheckpointError, atomic_torch_save, config_to_dict, load_payload
-from pipelines.data import TrainingData
+from pipelines.train.data import TrainingData
 from pipelines.params import TrainParams
-from pipelines.validation import Selection, Validation
+from pipelines.train.validation import Selection, Validation
 from pipelines.errors import NonFiniteTrainingError, TrainingError
 from vhp_core import ConstraintConfig, ConstraintState, ModelConfig, constraint_rule, train_step
 from vhp_core.training import restore_rng_states, rng_states
@@ -218,7 +218,7 @@ def fit(
     (the Prefect flow turns it into a progress artifact).
     ``validation`` scores the val split every ``validation.every`` steps; a run that ends
     (not one stopped early) leaves the model at its best val ELBO among the steps where
-    the bound was the model's own (``pipelines.validation``).
+    the bound was the model's own (``pipelines.train.validation``).
     """
     t0 = time.perf_counter()
     fp = fingerprint(config, ccfg, params, seed, data.data_id)

@@ -1,0 +1,1 @@
+"""The fetch and prepare stages: raw data -> data/processed/<name>.zarr (the parsing lives in preprocessing/)."""

@@ -1,0 +1,1 @@
+"""The report stage: every eval/<dataset>/<model> gathered into one offline HTML page."""
