@@ -149,53 +149,41 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- parser
 
-def build_parser() -> argparse.ArgumentParser:
-    from vhp_core.config import MODEL_NAMES
+def _params_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--params", default="params.yaml",
+                   help="params file with the stage's section (default: %(default)s)")
 
-    parser = argparse.ArgumentParser(
-        prog="vhp",
-        description=(
-            "VAEs with learned hierarchical priors (VHP-VAE) trained with REWO. "
-            "Each subcommand is one stage of the pipeline raw data -> data/processed/*.zarr -> "
-            "models/ -> eval/ -> report/; `dvc repro` runs them all in order."
-        ),
-        epilog="Run `vhp <command> --help` for the options of one stage.",
-    )
-    sub = parser.add_subparsers(dest="command", metavar="command", required=True)
 
-    def add(name: str, func: Callable[[argparse.Namespace], int], help_: str, description: str):
-        p = sub.add_parser(name, help=help_, description=description)
-        p.set_defaults(func=func)
-        return p
+def _progress_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
-    def params_arg(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--params", default="params.yaml",
-                       help="params file with the stage's section (default: %(default)s)")
 
-    def progress_arg(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-
-    from pipelines.prepare.fetch import add_fetch_parser
-
-    add_fetch_parser(sub)
-
-    p = add("prepare", cmd_prepare, "raw data -> a validated zarr group",
-            "Parse, validate and convert one data set into data/processed/<name>.zarr. Knobs come "
-            "from the params section prepare_<name>; --source overrides its `source` key.")
+def add_prepare(sub: Any, help_: str) -> None:
+    p = sub.add_parser("prepare", help=help_,
+                       description="Parse, validate and convert one data set into data/processed/<name>.zarr. "
+                                   "Knobs come from the params section prepare_<name>; --source overrides "
+                                   "its `source` key.")
+    p.set_defaults(func=cmd_prepare)
     p.add_argument("dataset", choices=sorted(PREPARE_SECTIONS), help="which data set")
     p.add_argument("--out", required=True, help="zarr group to write (written atomically)")
     p.add_argument("--source", default=None,
-                   help="raw data folder or model file (mocap: a folder of ASF/AMC files; faces: "
-                        "a Surrey Face Model folder, a folder of meshes, or 'procedural'; "
+                   help="raw data folder or model file (mocap: a folder of ASF/AMC, BVH or AMASS .npz files; "
+                        "faces: a Surrey Face Model folder, a folder of meshes, or 'procedural'; "
                         "fashion_mnist: the folder of idx .gz files)")
-    params_arg(p)
-    progress_arg(p)
+    _params_arg(p)
+    _progress_arg(p)
 
-    p = add("train", cmd_train, "train one model on one data set (a Prefect flow)",
-            "Run the Prefect `train` flow: open the zarr group, build the model, train it with REWO "
-            "(vhp), GECO (vhp-geco) or the plain bound (vae, iwae, vamp), checkpoint every "
-            "train.checkpoint_every steps, and write model.pt, metrics.json, curves.tsv and "
-            "curves.png. An interrupted run resumes from its last checkpoint.")
+
+def add_train(sub: Any, help_: str) -> None:
+    from vhp_core.config import MODEL_NAMES
+
+    p = sub.add_parser("train", help=help_,
+                       description="Run the Prefect `train` flow: open the zarr group, build the model, train "
+                                   "it with REWO (vhp), GECO (vhp-geco) or the plain bound (vae, iwae, vamp), "
+                                   "checkpoint every train.checkpoint_every steps, and write model.pt, "
+                                   "metrics.json, curves.tsv and curves.png. An interrupted run resumes from "
+                                   "its last checkpoint.")
+    p.set_defaults(func=cmd_train)
     p.add_argument("--dataset", required=True, help="data set name (a key of train.kappa)")
     p.add_argument("--model", required=True, choices=MODEL_NAMES,
                    help="vhp (hierarchical prior, REWO), vhp-iw (hierarchical prior under an importance-"
@@ -204,29 +192,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="model folder to write (models/<dataset>/<model>)")
     p.add_argument("--checkpoints", default=None,
                    help="resumption checkpoints (default: checkpoints/<dataset>/<model>)")
-    p.add_argument("--epochs", type=int, default=None,
-                   help="override train.epochs (quick checks)")
-    params_arg(p)
-    progress_arg(p)
+    p.add_argument("--epochs", type=int, default=None, help="override train.epochs (quick checks)")
+    _params_arg(p)
+    _progress_arg(p)
 
-    p = add("evaluate", cmd_evaluate, "evaluate one trained model",
-            "Test log-likelihood by importance sampling, ELBO, active units, latent map over the "
-            "magnification factor, graph-based interpolation and the paper's claims as numbers; "
-            "writes eval/<dataset>/<model>/metrics.json and PNG figures.")
+
+def add_evaluate(sub: Any, help_: str) -> None:
+    p = sub.add_parser("evaluate", help=help_,
+                       description="Test log-likelihood by importance sampling, ELBO, active units, latent "
+                                   "map over the magnification factor, graph-based interpolation and the "
+                                   "paper's claims as numbers; writes eval/<dataset>/<model>/metrics.json "
+                                   "and PNG figures.")
+    p.set_defaults(func=cmd_evaluate)
     p.add_argument("--model-dir", required=True, help="models/<dataset>/<model>")
     p.add_argument("--data", required=True, help="the zarr group the model was trained on")
     p.add_argument("--out", required=True, help="eval/<dataset>/<model>")
-    params_arg(p)
-    progress_arg(p)
+    _params_arg(p)
+    _progress_arg(p)
 
-    p = add("report", cmd_report, "one HTML page for all models",
-            "Gather every eval/<dataset>/<model> into report/index.html (opens offline).")
+
+def add_report(sub: Any, help_: str) -> None:
+    p = sub.add_parser("report", help=help_,
+                       description="Gather every eval/<dataset>/<model> into report/index.html (opens offline).")
+    p.set_defaults(func=cmd_report)
     p.add_argument("--eval", default="eval", help="evaluation root (default: %(default)s)")
     p.add_argument("--models", default="models", help="models root (default: %(default)s)")
     p.add_argument("--out", default="report", help="report folder (default: %(default)s)")
-    params_arg(p)
+    _params_arg(p)
 
-    p = sub.add_parser("retrain", help="retrain when data, code or params change; promote only a better model",
+
+def add_retrain(sub: Any, help_: str) -> None:
+    p = sub.add_parser("retrain", help=help_,
                        description="The Prefect `retrain` flow: ask DVC what changed (`dvc status`), "
                                    "rerun the pipeline (`dvc repro`) when something did, compare the "
                                    "challenger with the production model on retrain.metric and promote "
@@ -254,12 +250,57 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--project", default=".", help="project folder")
     r.set_defaults(func=cmd_retrain_status)
 
-    try:
-        from pipelines.sweep.run import add_sweep_parser
 
-        add_sweep_parser(sub, cmd_sweep)
-    except ImportError:
-        pass
+def add_fetch(sub: Any, help_: str) -> None:
+    from pipelines.prepare.fetch import add_fetch_parser
+
+    add_fetch_parser(sub, help_)
+
+
+def add_sweep(sub: Any, help_: str) -> None:
+    from pipelines.sweep.run import add_sweep_parser
+
+    add_sweep_parser(sub, cmd_sweep, help_)
+
+
+# name -> (the line `vhp --help` shows, what adds the command's own arguments). A command's
+# arguments, and whatever they import, are built only when that command runs (or for `vhp
+# --help`'s list, not at all): `vhp prepare --help` imports neither torch nor Prefect.
+COMMANDS: dict[str, tuple[str, Callable[[Any, str], None]]] = {
+    "fetch": ("download raw data: embedded | cmu | sfm", add_fetch),
+    "prepare": ("raw data -> a validated zarr group", add_prepare),
+    "train": ("train one model on one data set (a Prefect flow)", add_train),
+    "evaluate": ("evaluate one trained model", add_evaluate),
+    "report": ("one HTML page for all models", add_report),
+    "retrain": ("retrain when data, code or params change; promote only a better model", add_retrain),
+    "sweep": ("train and evaluate a grid of data sets x models x kappa x seeds", add_sweep),
+}
+
+
+def command_of(argv: list[str]) -> str | None:
+    """The subcommand that ``argv`` runs, if it names one."""
+    word = next((a for a in argv if not a.startswith("-")), None)
+    return word if word in COMMANDS else None
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``vhp`` parser; with ``command``, only that command gets its arguments (and imports)."""
+    parser = argparse.ArgumentParser(
+        prog="vhp",
+        description=(
+            "VAEs with learned hierarchical priors (VHP-VAE) trained with REWO. "
+            "Each subcommand is one stage of the pipeline raw data -> data/processed/*.zarr -> "
+            "models/ -> eval/ -> report/; `dvc repro` runs them all in order."
+        ),
+        epilog="Run `vhp <command> --help` for the options of one stage.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    sub = parser.add_subparsers(dest="command", metavar="command", required=True)
+    for name, (help_, add) in COMMANDS.items():
+        if command is None or command == name:
+            add(sub, help_)
+        else:
+            sub.add_parser(name, help=help_)
     return parser
 
 
@@ -268,9 +309,7 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = sys.argv[1:] if argv is None else argv
     quiet_expected_errors(enabled="--debug" not in argv)  # before Prefect sets up its logging
-    parser = build_parser()
-    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
-    args = parser.parse_args(argv)
+    args = build_parser(command_of(argv) or "").parse_args(argv)  # "": no command named, none built
     from pipelines.errors import say_error, user_errors
 
     errors = user_errors()

@@ -138,13 +138,13 @@ def cmd_fetch_sfm(args: argparse.Namespace) -> int:
                                   f"-S prepare_faces.model_path={Path(args.out) / SFM_MODEL})")
 
 
-def add_fetch_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register ``fetch`` with its subcommands ``embedded``, ``cmu`` and ``sfm``."""
+def add_fetch_parser(subparsers: argparse._SubParsersAction, help_: str) -> argparse.ArgumentParser:
+    """Register ``fetch`` (one-line help ``help_``) with its subcommands ``embedded``, ``cmu`` and ``sfm``."""
     from preprocessing.fetch import CMU_BASE_URL, CMU_BASE_URL_ENV, SFM_BASE_URL, SFM_BASE_URL_ENV
 
     raw = argparse.RawDescriptionHelpFormatter
     fetch = subparsers.add_parser(
-        "fetch", help="download raw data: embedded | cmu | sfm", formatter_class=raw,
+        "fetch", help=help_, formatter_class=raw,
         description="Download raw data into data/raw/ from their publishers. `vhp fetch <source> "
                     "--help` says what each source is, where it comes from, its licence and "
                     "what to run next.")

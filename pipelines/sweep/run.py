@@ -281,9 +281,9 @@ def run_sweep(sweep: SweepParams, train: TrainParams, evaluate: EvaluateParams, 
 
 # --------------------------------------------------------------------------- CLI
 
-def add_sweep_parser(sub: Any, func: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
+def add_sweep_parser(sub: Any, func: Callable[[argparse.Namespace], int], help_: str) -> argparse.ArgumentParser:
     p = sub.add_parser(
-        "sweep", help="train and evaluate a grid of data sets x models x kappa x seeds",
+        "sweep", help=help_,
         description="Run the Prefect `sweep` flow over the grid of the params section `sweep:` "
                     "(datasets x models x kappa x seeds). Each point is one training and one "
                     "evaluation in <out>/<dataset>/<model>/kappa=<k>/seed=<s>; points whose inputs and "
