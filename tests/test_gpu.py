@@ -151,7 +151,7 @@ def _ddp_worker(rank: int, world_size: int, store: str, out: str) -> None:
             x = torch.bernoulli(grey[rank * 64:(rank + 1) * 64], generator=g)
             state, terms = train_step(model, optimiser, x, state, cfg, g, forward=ddp, reduce=reduce)
             assert terms.finite
-        # the finish of pipelines.train.distributed: broadcast on the parameters' device, one all-reduce of flags
+        # the finish of pipelines.distributed: broadcast on the parameters' device, one all-reduce of flags
         flat = torch.cat([p.detach().reshape(-1).double() for p in model.parameters()])
         reference = flat.clone()
         dist.broadcast(reference, src=0)

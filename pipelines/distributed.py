@@ -1,6 +1,6 @@
 """Data-parallel training with torch DistributedDataParallel (DDP): a launcher around ``train_one``.
 
-    torchrun --standalone --nproc_per_node 2 -m pipelines.train.distributed \\
+    torchrun --standalone --nproc_per_node 2 -m pipelines.distributed \\
         --data data/processed/mocap.zarr --params params.yaml --out models/mocap/vhp --model vhp
 
 Every process (rank) runs the same ``pipelines.train.flow.train_one`` -> ``fit`` ->
@@ -186,9 +186,9 @@ def world_from_env(n_shards: int | None) -> World:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m pipelines.train.distributed",
+        prog="python -m pipelines.distributed",
         description="Data-parallel training of one model with DistributedDataParallel; launch with "
-                    "`torchrun --nproc_per_node N -m pipelines.train.distributed ...` (gloo on CPU, nccl on GPUs). "
+                    "`torchrun --nproc_per_node N -m pipelines.distributed ...` (gloo on CPU, nccl on GPUs). "
                     "Without torchrun it trains in one process. Same loop, checkpoints and outputs as "
                     "`vhp train`; an interrupted run started again resumes from its last checkpoint.")
     p.add_argument("--data", required=True, help="zarr group from `vhp prepare`")
