@@ -2,11 +2,13 @@
 imports and the params sections it reads, and no metrics file holds a wall-clock figure.
 
 For each stage the test reads the command (``vhp <subcommand> ...``), starts from the
-subcommand's function in pipelines/cli.py (plus the module-level imports of the CLI and
-the error list every command loads), follows every project import from there (module-
-and function-level, transitively), and checks that each module reached is covered by
-the stage's ``deps`` (the file itself or a folder above it). Argument-parser builders
-are not followed: they shape ``--help``, not results.
+subcommand's function in pipelines/cli.py and its argument builder (plus the module-level
+imports of the CLI and the error list every command loads), follows every project import
+from there (module- and function-level, transitively), and checks both ways:
+
+- each module reached is covered by the stage's ``deps`` (the file itself or a folder above it);
+- each code dep is reached: a listed file is imported, and a listed folder is imported whole
+  (every module in it), so that editing code a stage never runs does not rerun it.
 """
 
 from __future__ import annotations
@@ -92,11 +94,10 @@ def _follow(words: list[str]) -> set[Path]:
     tree = ast.parse((ROOT / "pipelines" / "cli.py").read_text())
     start = {"pipelines"} | imports_of(ast.Module(body=[n for n in tree.body if not isinstance(
         n, (ast.FunctionDef, ast.ClassDef))], type_ignores=[]), "pipelines.cli")
-    functions = ["main"]
-    if words[1] == "fetch":  # the fetch commands live with their parser
-        start.add("pipelines.prepare.fetch")
-    else:
-        functions.append(f"cmd_{words[1].replace('-', '_')}")
+    command = words[1].replace("-", "_")
+    functions = ["main", "build_parser", "command_of", f"add_{command}"]
+    if command != "fetch":  # the fetch commands live with their parser (pipelines.prepare.fetch)
+        functions.append(f"cmd_{command}")
     for fn in functions:
         start |= imports_of(cli_function(fn), "pipelines.cli")
     if words[1] == "prepare":
@@ -167,7 +168,43 @@ def test_every_imported_project_module_is_a_dep(name, cell):
     for module in sorted(modules_of_command(cell["words"])):
         if not any(module == d or d in module.parents for d in deps):
             missing.append(str(module.relative_to(ROOT)))
-    assert not missing, f"stage {name} ({cell['cmd']}) imports modules missing from its deps: {missing}"
+    assert not missing, (f"stage {name} ({cell['cmd']}) imports modules missing from its deps: {missing}; "
+                         f"its code deps would be {smallest_deps(modules_of_command(cell['words']))}")
+
+
+def code_modules(dep: Path) -> set[Path]:
+    """The project modules a code dep stands for (a file, or every module in a folder)."""
+    return {dep} if dep.is_file() else {p for p in dep.rglob("*.py") if "__pycache__" not in p.parts}
+
+
+def is_code(dep: str) -> bool:
+    return dep.split("/")[0] in PACKAGES
+
+
+def smallest_deps(modules: set[Path]) -> list[str]:
+    """The shortest deps list for ``modules``: a folder where all of it is imported, else its files."""
+    out: set[str] = set()
+    for module in modules:
+        rel = module.relative_to(ROOT)
+        chosen = rel
+        for parent in list(rel.parents)[:-1][::-1]:  # from the top folder down
+            if code_modules(ROOT / parent) <= modules:
+                chosen = parent
+                break
+        out.add(str(chosen))
+    return sorted(out)
+
+
+@pytest.mark.parametrize("name, cell", CELLS, ids=[c["cmd"][:60] for _, c in CELLS])
+def test_every_code_dep_is_imported(name, cell):
+    modules = modules_of_command(cell["words"])
+    unused = []
+    for dep in cell["deps"]:
+        if is_code(dep):
+            not_run = code_modules(ROOT / dep) - modules
+            unused += [str(m.relative_to(ROOT)) for m in sorted(not_run)]
+    assert not unused, (f"stage {name} ({cell['cmd']}) lists code its command never imports: {unused}; "
+                        f"its code deps would be {smallest_deps(modules)}")
 
 
 @pytest.mark.parametrize("name, cell", CELLS, ids=[c["cmd"][:60] for _, c in CELLS])
