@@ -21,7 +21,8 @@ from typing import Any
 
 import torch
 
-from _gpu_runs import Batches, Ours, time_epochs, time_log_likelihood
+from _compare_setting import Setting
+from _gpu_runs import SEED, Batches, Ours, time_epochs, time_log_likelihood
 
 
 class Graphed(Ours):
@@ -29,16 +30,16 @@ class Graphed(Ours):
 
     warmup_steps = 3
 
-    def __init__(self, model: str, b, device: torch.device, n_train: int) -> None:
+    def __init__(self, model: str, setting: Setting, device: torch.device) -> None:
         from vhp_core.constraint import objective_mode
 
-        super().__init__(model, "fp32", b, device, n_train)
+        super().__init__(model, "fp32", setting, device)
         if self.model.rule != "none":
             raise ValueError(f"{model}: lambda moves under rule '{self.model.rule}'; a graph needs a static objective")
         if objective_mode(self.state, self.cfg, self.model.rule) != "lagrangian":
             raise ValueError(f"{model}: the objective is not the full bound at the start")
         self.lambda_ = float(self.state.lambda_)
-        self.optimiser, self.optimiser_kind = _capturable_adam(self.model.parameters(), b.lr, device)
+        self.optimiser, self.optimiser_kind = _capturable_adam(self.model.parameters(), setting.lr, device)
         self.capture = device.type == "cuda"
         self.graph: torch.cuda.CUDAGraph | None = None
         self.static_x: torch.Tensor | None = None
@@ -46,7 +47,7 @@ class Graphed(Ours):
         self.nonfinite = torch.zeros((), dtype=torch.int64, device=device)
         self.steps = 0
         self.rng = "uncaptured (no CUDA)"
-        self.seed = b.seed + 1
+        self.seed = SEED + 1
 
     def _body(self) -> None:
         parts = self.model.objective_parts(self.static_x, self.generator)
@@ -139,12 +140,12 @@ def ll_check(model: torch.nn.Module, eager_model: torch.nn.Module, test: torch.T
             "ll_points": n, "ll_samples": samples, "ll_tolerance": tol, "ll_same": bool(abs(float(diff.mean())) <= tol)}
 
 
-def graphed_row(model: str, b, device: torch.device, train_u8: torch.Tensor, epochs: int, cap_s: float,
+def graphed_row(model: str, setting: Setting, device: torch.device, train_u8: torch.Tensor, epochs: int, cap_s: float,
                 eager: dict[str, Any], test: torch.Tensor, ll_samples: int, ll_cap_s: float) -> dict[str, Any]:
     """Train `model` with the graphed step (same seeds and batches as the eager row), time it, check it."""
     t0 = time.perf_counter()
-    runner = Graphed(model, b, device, len(train_u8))
-    row: dict[str, Any] = {**time_epochs(runner, Batches(train_u8, b.batch_size, seed=1), epochs, cap_s),
+    runner = Graphed(model, setting, device)
+    row: dict[str, Any] = {**time_epochs(runner, Batches(train_u8, setting.batch_size, seed=1), epochs, cap_s),
                            "precision": "fp32", **runner.report(), "setup_and_train_s": time.perf_counter() - t0}
     row["_model"] = runner.model
     if "samples_per_s" in eager:
@@ -169,14 +170,14 @@ def adopt(row: dict[str, Any]) -> bool:
 
 
 def compile_lever(args, deadline, device: torch.device, train_u8: torch.Tensor, data, trained: dict[str, Any],
-                  b) -> dict[str, Any]:
+                  setting: Setting) -> dict[str, Any]:
     """torch.compile(mode=args.lever_mode) of the network bodies, with its log-likelihood check."""
     lever: dict[str, Any] = {"mode": f"torch.compile(mode='{args.lever_mode}') of the network bodies, "
                                      "cudagraph_mark_step_begin per step, losses cloned"}
     t0 = time.perf_counter()
     try:
-        compiled = Compiled("vae", "fp32", b, device, len(train_u8), compile_mode=args.lever_mode)
-        lever["train"] = time_epochs(compiled, Batches(train_u8, b.batch_size, seed=1), args.epochs,
+        compiled = Compiled("vae", "fp32", setting, device, compile_mode=args.lever_mode)
+        lever["train"] = time_epochs(compiled, Batches(train_u8, setting.batch_size, seed=1), args.epochs,
                                      deadline.cap(args.row_cap + 60))
     except Exception as err:  # noqa: BLE001
         lever["error"] = f"{type(err).__name__}: {err}"

@@ -1,13 +1,13 @@
 """bench/gpu.py's measurements: training throughput (ours, pythae's hand loop, pythae's BaseTrainer),
 log-likelihood timing, and torch.profiler summaries where a goal is missed.
 
-The model and data are compare_pythae's (784-300-300-40 tanh MLPs, Bernoulli likelihood,
-dynamically binarised Fashion-MNIST, Adam, batch 100); its definitions are reused.
+The model and data are compare_pythae's (params.yaml's model with pythae's MNIST setting as
+overrides: 784-300-300-40 MLPs, Bernoulli likelihood, dynamically binarised Fashion-MNIST,
+Adam, batch 100): a `Setting` of bench/_compare_setting.py, resolved from params.yaml.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import statistics
@@ -18,15 +18,10 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from _compare_setting import Run, Setting, build_pythae
 from _gpu_setup import sync
-from compare_pythae import Budget, Run, build_pythae, our_config
 
-X_SHAPE = (1, 28, 28)
-
-
-def budget(epochs: int, k_eval: int = 16) -> Budget:
-    return Budget(epochs=epochs, train_n=0, trainer_epochs=1, subset_n=0, subset_samples=0, full_test_n=0,
-                  full_test_samples=5000, k_eval=k_eval, chunk=0)
+SEED = 0  # initial weights, shuffles and draws of every row
 
 
 class Batches:
@@ -51,18 +46,17 @@ class Batches:
 class Ours:
     """vhp_core.build_model + vhp_core.train_step on the device (as OursRunner of compare_pythae)."""
 
-    def __init__(self, model: str, precision: str, b: Budget, device: torch.device, n_train: int,
+    def __init__(self, model: str, precision: str, setting: Setting, device: torch.device,
                  compile_mode: str | None = None) -> None:
-        from vhp_core import ConstraintConfig, ConstraintState, build_model
+        from vhp_core import ConstraintState, build_model
         from vhp_core.networks import Network
 
-        torch.manual_seed(b.seed)
-        self.model = build_model(our_config(Run("ours", model, precision=precision), b, X_SHAPE)).to(device)
-        self.optimiser = torch.optim.Adam(self.model.parameters(), lr=b.lr, fused=True)
-        steps = b.epochs * math.ceil(n_train / b.batch_size)
-        self.cfg = ConstraintConfig(kappa=b.kappa, auto_max_steps=max(1, int(b.auto_max_fraction * steps)))
+        torch.manual_seed(SEED)
+        self.model = build_model(setting.model_config(model, precision)).to(device)
+        self.optimiser = torch.optim.Adam(self.model.parameters(), lr=setting.lr, fused=True)
+        self.cfg = setting.constraint_config()  # params.yaml's kappa and REWO constants, for the setting's run length
         self.state = ConstraintState.initial(self.cfg, self.model.rule)
-        self.generator = torch.Generator(device=device).manual_seed(b.seed + 1)
+        self.generator = torch.Generator(device=device).manual_seed(SEED + 1)
         if compile_mode:
             for network in [m for m in self.model.modules() if isinstance(m, Network)]:
                 network.body = torch.compile(network.body, mode=compile_mode)
@@ -77,9 +71,9 @@ class Ours:
 class PythaeLoop:
     """The same hand loop around pythae's model: forward(...).loss, backward, Adam step, loss.item()."""
 
-    def __init__(self, model: str, b: Budget, device: torch.device) -> None:
-        self.model = build_pythae(Run("pythae", model), b, X_SHAPE).to(device)
-        self.optimiser = torch.optim.Adam(self.model.parameters(), lr=b.lr)
+    def __init__(self, model: str, setting: Setting, device: torch.device) -> None:
+        self.model = build_pythae(Run("pythae", model), setting, SEED).to(device)
+        self.optimiser = torch.optim.Adam(self.model.parameters(), lr=setting.lr)
         self.epoch = 1
 
     def step(self, x: torch.Tensor) -> float:
@@ -124,7 +118,7 @@ def tail(values: list[float], fraction: float = 0.2) -> dict[str, float]:
     return {"mean": float(last.mean()), "se": se, "steps": int(len(last))}
 
 
-def time_trainer(model: str, b: Budget, train_u8: np.ndarray, n: int, use_cuda: bool) -> dict[str, Any]:
+def time_trainer(model: str, setting: Setting, train_u8: np.ndarray, n: int, use_cuda: bool) -> dict[str, Any]:
     """pythae's BaseTrainer for one epoch over n binarised images, timed by an epoch callback."""
     from pythae.data.datasets import BaseDataset
     from pythae.trainers import BaseTrainer, BaseTrainerConfig
@@ -132,7 +126,7 @@ def time_trainer(model: str, b: Budget, train_u8: np.ndarray, n: int, use_cuda: 
 
     for name in ("pythae.trainers.base_trainer.base_trainer", "pythae.trainers.training_callbacks"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    g = torch.Generator().manual_seed(b.seed + 2)
+    g = torch.Generator().manual_seed(SEED + 2)
     data = torch.bernoulli(torch.from_numpy(train_u8[:n]).float().div_(255.0), generator=g)
     marks: dict[str, float] = {}
 
@@ -145,10 +139,10 @@ def time_trainer(model: str, b: Budget, train_u8: np.ndarray, n: int, use_cuda: 
             marks["end"] = time.perf_counter()
 
     with tempfile.TemporaryDirectory(prefix="gpu_bench_pythae_") as workdir:
-        config = BaseTrainerConfig(output_dir=workdir, per_device_train_batch_size=b.batch_size, num_epochs=1,
-                                   learning_rate=b.lr, optimizer_cls="Adam", steps_saving=None, steps_predict=None,
-                                   no_cuda=not use_cuda, seed=b.seed)
-        trainer = BaseTrainer(model=build_pythae(Run("pythae", model), b, X_SHAPE),
+        config = BaseTrainerConfig(output_dir=workdir, per_device_train_batch_size=setting.batch_size, num_epochs=1,
+                                   learning_rate=setting.lr, optimizer_cls="Adam", steps_saving=None,
+                                   steps_predict=None, no_cuda=not use_cuda, seed=SEED)
+        trainer = BaseTrainer(model=build_pythae(Run("pythae", model), setting, SEED),
                               train_dataset=BaseDataset(data, torch.zeros(n)), training_config=config,
                               callbacks=[EpochTimer()])
         trainer.train()
@@ -257,7 +251,3 @@ def step_time_ms(runner: Ours, batches: Batches, batch_size: int, steps: int) ->
         return (time.perf_counter() - t0) / steps * 1e3
     finally:
         batches.batch_size = old
-
-
-def replace_budget(b: Budget, **changes: Any) -> Budget:
-    return dataclasses.replace(b, **changes)

@@ -1,6 +1,7 @@
-"""bench/gpu.py's set-up: carried wheels, the Fashion-MNIST files, the machine, time caps and the JSON.
+"""bench/gpu.py's set-up: the Fashion-MNIST files, the model setting, the machine, time caps and the JSON.
 
-Nothing here imports the pipeline (zarr, Prefect): the GPU machine has neither.
+Nothing here needs the pipeline (zarr, Prefect): the GPU machine has neither. The setting is
+resolved from params.yaml where the pipeline is installed, else read from the carried file.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from _machine import load_average
 
 # --------------------------------------------------------------------------- data
 
@@ -50,13 +53,35 @@ def load_fashion_mnist(data_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     return train, test_bin
 
 
+# --------------------------------------------------------------------------- the model setting
+
+
+def gpu_setting(epochs: int, n_train: int, carried: Path):
+    """(setting, where it came from): params.yaml through the pipeline where it is installed, else `carried`
+    (written by `bench/gpu.py --write-setting` for the same epochs and training images)."""
+    from _compare_setting import load_setting, resolve
+
+    try:
+        return resolve(epochs, n_train), "params.yaml"
+    except ModuleNotFoundError as err:
+        missing = err.name
+    if not Path(carried).is_file():
+        raise SystemExit(f"bench/gpu.py: the pipeline is not importable here (no {missing}) and {carried} is missing; "
+                         f"write it with `python bench/gpu.py --write-setting {carried}` (same --tiny) where it is")
+    setting = load_setting(carried)
+    if (setting.epochs, setting.n_train) != (epochs, n_train):
+        raise SystemExit(f"{carried}: resolved for {setting.epochs} epochs over {setting.n_train} images, this run "
+                         f"trains {epochs} over {n_train}; write it again with the same --tiny")
+    return setting, f"{carried} (params.yaml, resolved where the pipeline is installed)"
+
+
 # --------------------------------------------------------------------------- machine
 
 
 def gpu_info() -> dict[str, Any]:
     info: dict[str, Any] = {"cuda": torch.cuda.is_available(), "torch": torch.__version__,
                             "torch_cuda": torch.version.cuda, "python": platform.python_version(),
-                            "cpus": os.cpu_count(), "load_average_start": os.getloadavg()}
+                            "cpus": os.cpu_count(), "load_average_start": load_average()}
     if not info["cuda"]:
         return info
     props = torch.cuda.get_device_properties(0)

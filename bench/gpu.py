@@ -17,11 +17,16 @@ rewritten after each phase, so a cut run keeps what it measured):
    and CPU <-> GPU numbers with the same draws.
 5. Goals met or missed; for a missed one a torch.profiler table says where the time goes.
 
-Imports vhp_core, torch, numpy, and pythae from carried wheels (--wheels); never the pipeline.
-Without CUDA it says so in one line, runs its CPU-side checks and exits 0; `--force-cpu
---tiny` runs every phase on the CPU with small sizes (a check of the script itself).
+Imports vhp_core, torch, numpy, and pythae from carried wheels (--wheels). The model and its
+constraint are params.yaml's with compare_pythae's overrides (bench/_compare_setting.py),
+resolved through the pipeline where it is installed; on a GPU machine without it (no Prefect,
+no zarr) from the setting carried beside the data (--setting, written by --write-setting on a
+machine with the pipeline, for the same sizes). Without CUDA it says so in one line, runs its
+CPU-side checks and exits 0; `--force-cpu --tiny` runs every phase on the CPU with small sizes
+(a check of the script itself).
 
-Run:  python bench/gpu.py --data-dir .gpu_carry/fmnist --wheels .gpu_carry/wheels --out $OUT/gpu.json
+Run:  python bench/gpu.py --write-setting .gpu_carry/setting.json   (where the pipeline is installed)
+      python bench/gpu.py --data-dir .gpu_carry/fmnist --wheels .gpu_carry/wheels --out $OUT/gpu.json
       python bench/gpu.py --render-only     (BENCHMARKS.md's gpu section from bench/results/gpu.json)
 """
 
@@ -51,7 +56,9 @@ import torch  # noqa: E402
 
 from _gpu_goals import GOALS, goals  # noqa: E402
 from _gpu_render import render  # noqa: E402
-from _gpu_setup import Deadline, Results, gpu_info, load_fashion_mnist, merge_base, parse_phases, sync  # noqa: E402
+from _params import describe  # noqa: E402
+from _gpu_setup import (Deadline, Results, gpu_info, gpu_setting, load_fashion_mnist, merge_base,  # noqa: E402
+                        parse_phases, sync)
 
 RESULTS = REPO / "bench" / "results" / "gpu.json"
 TOTAL_S = 450.0  # 7.5 minutes: the 8-minute promise with room for start-up (--budget-s)
@@ -94,11 +101,10 @@ def run_tests(deadline: Deadline, site: str) -> dict[str, Any]:
             "stderr_tail": stderr[-1500:]}
 
 
-def training(args, deadline: Deadline, device: torch.device, data, pythae_ok: bool) -> dict[str, Any]:
-    from _gpu_runs import Batches, Ours, PythaeLoop, budget, time_epochs, time_trainer
+def training(args, deadline: Deadline, device: torch.device, data, pythae_ok: bool, setting) -> dict[str, Any]:
+    from _gpu_runs import Batches, Ours, PythaeLoop, time_epochs, time_trainer
 
     train_u8 = torch.from_numpy(data[0][: args.train_n]).to(device)
-    b = budget(args.epochs)
     rows: dict[str, Any] = {}
     plan = [("ours", m, p) for m in ("vae", "iwae", "vhp") for p in ("fp32", "auto")]
     plan += [("pythae-loop", m, "fp32") for m in ("vae", "iwae")] + [("pythae-trainer", m, "fp32")
@@ -112,17 +118,17 @@ def training(args, deadline: Deadline, device: torch.device, data, pythae_ok: bo
             rows[key] = {"skipped": "out of time"}
             continue
         try:
-            batches = Batches(train_u8, b.batch_size, seed=1)
+            batches = Batches(train_u8, setting.batch_size, seed=1)
             if precision == "graphed":
                 from _gpu_graph import graphed_row
 
                 test = torch.from_numpy(data[1][: args.lever_ll_points]).to(device)
-                rows[key] = graphed_row(model, b, device, train_u8, args.epochs, cap, rows.get(f"ours/{model}/fp32", {}),
+                rows[key] = graphed_row(model, setting, device, train_u8, args.epochs, cap, rows.get(f"ours/{model}/fp32", {}),
                                         test, args.lever_ll_samples, deadline.cap(20))
             elif kind == "ours":
                 from vhp_core.networks import resolve_precision
 
-                runner = Ours(model, resolve_precision(precision, device), b, device, len(train_u8))
+                runner = Ours(model, resolve_precision(precision, device), setting, device)
                 rows[key] = {**time_epochs(runner, batches, args.epochs, cap), "precision":
                              resolve_precision(precision, device)}
                 if precision == "fp32":
@@ -130,9 +136,9 @@ def training(args, deadline: Deadline, device: torch.device, data, pythae_ok: bo
             elif not pythae_ok:
                 rows[key] = {"skipped": "pythae is not importable"}
             elif kind == "pythae-loop":
-                rows[key] = time_epochs(PythaeLoop(model, b, device), batches, args.epochs, cap)
+                rows[key] = time_epochs(PythaeLoop(model, setting, device), batches, args.epochs, cap)
             else:
-                rows[key] = time_trainer(model, b, data[0], min(args.train_n, args.trainer_n), device.type == "cuda")
+                rows[key] = time_trainer(model, setting, data[0], min(args.train_n, args.trainer_n), device.type == "cuda")
         except Exception as err:
             rows[key] = {"error": f"{type(err).__name__}: {err}"}
         shown = {k: v for k, v in rows[key].items() if k in ("samples_per_s", "error", "skipped", "adopt", "rng")}
@@ -140,14 +146,14 @@ def training(args, deadline: Deadline, device: torch.device, data, pythae_ok: bo
     return rows
 
 
-def launch_overhead(args, deadline: Deadline, device: torch.device, data, trained: dict[str, Any]) -> dict[str, Any]:
+def launch_overhead(args, deadline: Deadline, device: torch.device, data, trained: dict[str, Any],
+                    setting) -> dict[str, Any]:
     """A step at batch 100 and 1000, and the CUDA-graph lever with its log-likelihood check."""
-    from _gpu_runs import Batches, Ours, budget, step_time_ms
+    from _gpu_runs import Batches, Ours, step_time_ms
 
     train_u8 = torch.from_numpy(data[0][: args.train_n]).to(device)
-    b = budget(args.epochs)
-    runner = Ours("vae", "fp32", b, device, len(train_u8))
-    batches = Batches(train_u8, b.batch_size, seed=3)
+    runner = Ours("vae", "fp32", setting, device)
+    batches = Batches(train_u8, setting.batch_size, seed=3)
     out: dict[str, Any] = {"step_ms_batch_100": step_time_ms(runner, batches, 100, 50),
                            "step_ms_batch_1000": step_time_ms(runner, batches, 1000, 20)}
     # time per sample at batch 100 over that at batch 1000: near 10 means a step costs the same whatever its size
@@ -158,7 +164,7 @@ def launch_overhead(args, deadline: Deadline, device: torch.device, data, traine
     from _gpu_graph import compile_lever
 
     try:
-        out["lever"] = compile_lever(args, deadline, device, train_u8, data, trained, b)
+        out["lever"] = compile_lever(args, deadline, device, train_u8, data, trained, setting)
     except Exception as err:  # the step times above stay
         out["lever"] = {"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()[-2000:]}
     return out
@@ -188,9 +194,9 @@ def log_likelihoods(args, deadline: Deadline, device: torch.device, data, traine
 
 
 def profiles(args, deadline: Deadline, device: torch.device, data, results: dict[str, Any],
-             trained: dict[str, Any]) -> dict[str, Any]:
+             trained: dict[str, Any], setting) -> dict[str, Any]:
     """Where the time goes, for each goal missed (a short run of the same work under torch.profiler)."""
-    from _gpu_runs import Batches, Ours, budget, profile_table
+    from _gpu_runs import Batches, Ours, profile_table
     from vhp_core import log_likelihood
 
     out: dict[str, Any] = {}
@@ -199,7 +205,7 @@ def profiles(args, deadline: Deadline, device: torch.device, data, results: dict
             continue
         name = key.split("_", 1)[1]
         if key.startswith("train_") and f"ours/{name}/fp32" in trained:
-            runner = Ours(name, "fp32", budget(1), device, 2000)
+            runner = Ours(name, "fp32", setting, device)
             batches = Batches(torch.from_numpy(data[0][:2000]).to(device), 100, seed=5)
 
             def work():
@@ -215,21 +221,38 @@ def profiles(args, deadline: Deadline, device: torch.device, data, results: dict
 
 
 def cpu_checks(args) -> dict[str, Any]:
-    """What can be checked without a GPU: precision resolution, the data files, the estimator on the CPU."""
-    from vhp_core import ModelConfig, build_model, log_likelihood
+    """What can be checked without a GPU: precision resolution, the data files, the setting, the estimator."""
+    from vhp_core import build_model, log_likelihood
     from vhp_core.networks import TF32_POLICY, resolve_precision
 
     out: dict[str, Any] = {"precision_auto_cpu": resolve_precision("auto", "cpu"), "tf32_policy": TF32_POLICY}
-    if args.data_dir and Path(args.data_dir).is_dir():
-        train, test = load_fashion_mnist(Path(args.data_dir))
-        out["data"] = {"train": list(train.shape), "test": list(test.shape), "test_ones": float(test.mean())}
+    if not (args.data_dir and Path(args.data_dir).is_dir()):
+        return out
+    train, test = load_fashion_mnist(Path(args.data_dir))
+    out["data"] = {"train": list(train.shape), "test": list(test.shape), "test_ones": float(test.mean())}
+    try:
+        setting, out["setting"] = gpu_setting(args.epochs, len(train[: args.train_n]), Path(args.setting))
+    except SystemExit as err:  # reported: the GPU run would refuse the same way
+        out["setting"] = str(err)
+        return out
     torch.manual_seed(0)
-    model = build_model(ModelConfig(model="vae", x_shape=(1, 28, 28), likelihood="bernoulli", latent_dim=4,
-                                    hidden=(16,)))
+    model = build_model(setting.model_config("vae"))
     x = torch.bernoulli(torch.full((4, 1, 28, 28), 0.3), generator=torch.Generator().manual_seed(1))
     ll = log_likelihood(model, x, 20, generator=torch.Generator().manual_seed(0))
     out["ll_finite"] = bool(torch.isfinite(ll).all())
     return out
+
+
+def write_setting(args) -> int:
+    """--write-setting: the setting of a run of these sizes, from params.yaml, for a machine without the pipeline."""
+    from _compare_setting import resolve
+
+    train, _ = load_fashion_mnist(Path(args.data_dir))
+    setting = resolve(args.epochs, len(train[: args.train_n]))
+    Path(args.write_setting).write_text(setting.to_json())
+    print(f"wrote {args.write_setting}: {describe(setting.overrides)}, {setting.epochs} epochs over "
+          f"{setting.n_train} images")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -248,6 +271,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="comma-separated phases to run (default: all)")
     p.add_argument("--merge", default=None, help="an earlier results JSON: keep its phases not run now")
     p.add_argument("--budget-s", type=float, default=TOTAL_S, help="the whole run's wall-clock budget")
+    p.add_argument("--setting", default=str(REPO / ".gpu_carry" / "setting.json"),
+                   help="the model setting carried to a machine without the pipeline (see --write-setting)")
+    p.add_argument("--write-setting", default=None, metavar="PATH",
+                   help="resolve the setting from params.yaml for these sizes (--tiny), write it to PATH and exit")
     args = p.parse_args(argv)
     phases = parse_phases(args.phases)
     if args.skip_tests and "tests" in phases:
@@ -267,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     sizes["reserve_after_training"] *= sum(v for k, v in shares.items() if k in phases)
     for k, v in sizes.items():
         setattr(args, k, v)
+    if args.write_setting:
+        return write_setting(args)
     base = merge_base(Path(args.merge) if args.merge else None, phases)
     deadline = Deadline(args.budget_s)
     info = gpu_info()
@@ -297,17 +326,22 @@ def main(argv: list[str] | None = None) -> int:
     if "tests" in phases:
         phase(results, "tests", lambda: run_tests(deadline, args.site))
     data = load_fashion_mnist(Path(args.data_dir)) if set(phases) - {"tests"} else None
+    setting = None
+    if data is not None:
+        setting, source = gpu_setting(args.epochs, len(data[0][: args.train_n]), Path(args.setting))
+        results.data["setting"] = {"source": source, "overrides": setting.overrides}
+        print(f"   model and constraint from {source}: {describe(setting.overrides)}", flush=True)
     trained: dict[str, Any] = {}
     if "training" in phases:
-        trained = phase(results, "training", lambda: training(args, deadline, device, data, pythae_ok))
+        trained = phase(results, "training", lambda: training(args, deadline, device, data, pythae_ok, setting))
     if "log_likelihood" in phases:
         phase(results, "log_likelihood", lambda: log_likelihoods(args, deadline, device, data, trained))
     results.data["goals"] = goals(results.data)
     results.save()
     if "profiles" in phases:
-        phase(results, "profiles", lambda: profiles(args, deadline, device, data, results.data, trained))
+        phase(results, "profiles", lambda: profiles(args, deadline, device, data, results.data, trained, setting))
     if "launch_overhead" in phases:  # last: torch.compile's lever may take long to compile
-        phase(results, "launch_overhead", lambda: launch_overhead(args, deadline, device, data, trained))
+        phase(results, "launch_overhead", lambda: launch_overhead(args, deadline, device, data, trained, setting))
     sync()
     results.data.update(load_average_end=os.getloadavg(), total_s=round(deadline.elapsed(), 1),
                         peak_gpu_memory_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2)

@@ -1,8 +1,10 @@
 """Throughput of the importance-sampling log-likelihood estimate (METHOD §5), fp32 vs bf16.
 
-Models: MLP 784-500-500-50 VAE (Bernoulli) and VHP with the same encoder/decoder and the
-default hierarchical prior (zeta_dim 2, prior_hidden (256, 256)), briefly trained on
-synthetic binary data so that the estimates are not those of a random network. The
+Models: params.yaml's (`train:` through the pipeline's model_config / constraint_config, the
+fashion_mnist entries) with the overrides in OVERRIDES: MLP 784-500-500-50 VAE (Bernoulli)
+and VHP with the same encoder/decoder and params.yaml's hierarchical prior, briefly trained
+(batch 128, kappa 0.3) on synthetic binary data so that the estimates are not those of a
+random network. The
 estimate runs at S = 5000 samples on 100 data points (K_eval = 16 inner samples for VHP),
 in fp32 and with bf16 autocast of the network layers. Reported: data points/s, achieved
 matmul GFLOP/s (forward only; counted by torch.utils.flop_counter on a small S and
@@ -20,32 +22,41 @@ The figures are printed and recorded, never asserted.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-import platform
+import sys
 import time
 from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from train_step import matmul_peak_gflops, synthetic_binary_batch  # the sibling script (run as a script)
-from vhp_core import ConstraintConfig, ConstraintState, ModelConfig, build_model, log_likelihood, train_step
-from vhp_core.models import LatentVariableModel
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
+from _machine import cpu_name, matmul_peaks  # noqa: E402
+from _params import constraint_config, describe, jsonable, model_config, train_params  # noqa: E402
+from _synthetic import synthetic_binary_batch  # noqa: E402
+from vhp_core import ConstraintState, build_model, log_likelihood, train_step  # noqa: E402
+from vhp_core.models import LatentVariableModel  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "loglik.json"
+DATASET, X_SHAPE = "fashion_mnist", (784,)  # params.yaml's entries of a Bernoulli 784-pixel data set
+TRAIN_BATCH = 128
+OVERRIDES = {"model.latent_dim": 50, "model.hidden": [500, 500], f"kappa.{DATASET}": 0.3, "batch_size": TRAIN_BATCH,
+             "precision": "fp32"}
 
 
 def trained_pair(name: str, steps: int) -> tuple[LatentVariableModel, LatentVariableModel]:
     """(fp32 model, bf16 model) with the same weights after `steps` fp32 training steps."""
     torch.manual_seed(0)
-    common = {"model": name, "x_shape": (784,), "likelihood": "bernoulli", "latent_dim": 50, "hidden": (500, 500)}
-    fp32 = build_model(ModelConfig(**common))
-    optimiser = torch.optim.Adam(fp32.parameters(), lr=1e-3, fused=True)
-    cfg = ConstraintConfig(kappa=0.3)
+    params = train_params(OVERRIDES)
+    config = model_config(params, DATASET, name, X_SHAPE, "bernoulli")
+    fp32 = build_model(config)
+    optimiser = torch.optim.Adam(fp32.parameters(), lr=params.lr, fused=True)
+    cfg = constraint_config(params, DATASET, TRAIN_BATCH * max(1, steps))
     state = ConstraintState.initial(cfg, fp32.rule)
     for step in range(steps):
-        state, _ = train_step(fp32, optimiser, synthetic_binary_batch(128, 784, seed=step), state, cfg)
-    bf16 = build_model(ModelConfig(**common, precision="bf16"))
+        state, _ = train_step(fp32, optimiser, synthetic_binary_batch(TRAIN_BATCH, X_SHAPE[0], seed=step), state, cfg)
+    bf16 = build_model(dataclasses.replace(config, precision="bf16"))
     bf16.load_state_dict(fp32.state_dict())
     return fp32, bf16
 
@@ -90,12 +101,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    print(f"models: {describe(OVERRIDES)}; bf16: the same weights under bf16 autocast")
 
-    x = synthetic_binary_batch(args.n_data, 784, seed=10_000)
-    peaks_before = {p: matmul_peak_gflops(d) for p, d in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
+    x = synthetic_binary_batch(args.n_data, X_SHAPE[0], seed=10_000)
+    peaks_before = matmul_peaks()
     runs = []
     for name in ("vae", "vhp"):
         fp32, bf16 = trained_pair(name, args.train_steps)
+        c = fp32.config
         flops = counted_flops(fp32, x, args.samples, args.inner)
         total_32, best_32, ll_32 = timed(fp32, x, args.samples, args.inner, 1, args.slice)
         total_16, best_16, ll_16 = timed(bf16, x, args.samples, args.inner, 1, args.slice)
@@ -126,7 +139,7 @@ def main() -> None:
         }
         runs[-1]["fp32_seed_spread_nats"] = {"mean_abs": mc_spread.abs().mean().item(), "max_abs": mc_spread.abs().max().item()}
         runs[-1]["mean_log_likelihood_fp32"] = ll_32.mean().item()
-    peaks_after = {p: matmul_peak_gflops(d) for p, d in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
+    peaks_after = matmul_peaks()
     peaks = {p: max(peaks_before[p], peaks_after[p]) for p in peaks_before}
     for run in runs:
         run["fraction_of_fp32_peak"] = run["gflop_per_s"] / peaks["fp32"]
@@ -150,13 +163,15 @@ def main() -> None:
         "benchmark": "loglik",
         "torch": torch.__version__,
         "threads": args.threads,
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_name(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "matmul_peak_gflops": peaks,
         "matmul_peak_gflops_before": peaks_before,
         "matmul_peak_gflops_after": peaks_after,
-        "config": f"MLP 784-500-500-50, Bernoulli, tanh, {args.train_steps} training steps on synthetic binary data; "
-        f"vhp: zeta_dim 2, prior_hidden (256, 256)",
+        "config": f"MLP {X_SHAPE[0]}-{'-'.join(map(str, c.hidden))}-{c.latent_dim}, Bernoulli, {c.activation}, "
+        f"{args.train_steps} training steps on synthetic binary data; "
+        f"vhp: zeta_dim {c.zeta_dim}, prior_hidden {tuple(c.prior_hidden)}",
+        "overrides": jsonable(OVERRIDES),
         "runs": runs,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,8 +1,10 @@
 """Training-step throughput of vhp_core: samples/s and achieved matmul GFLOP/s against the CPU peak.
 
-Models: an MLP 784-500-500-50 VAE with a Bernoulli decoder, and VHP with the same
-encoder/decoder and the default hierarchical prior (zeta_dim 2, prior_hidden (256, 256),
-k_inner 16), batch 512, Adam (fused). Both in fp32 and with bf16 autocast of the network
+Models: params.yaml's (`train:` through the pipeline's model_config / constraint_config, the
+fashion_mnist entries) with the overrides in OVERRIDES: an MLP 784-500-500-50 VAE with a
+Bernoulli decoder, and VHP with the same encoder/decoder and params.yaml's hierarchical prior,
+batch 512 (--batch), kappa 1 (the constraint holds at once, so the prior trains too), Adam
+(fused) at params.yaml's learning rate. Both in fp32 and with bf16 autocast of the network
 layers. FLOPs are the matmul FLOPs (mm/addmm/bmm) of one forward + backward pass counted by
 torch.utils.flop_counter, which is close to 3x the forward FLOPs (the first layer has no
 input gradient). The fp32 and bf16 matmul peaks (2048^3 matmul) are measured in the same
@@ -19,51 +21,35 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from vhp_core import ConstraintConfig, ConstraintState, ModelConfig, build_model, train_step
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
+from _machine import cpu_name, matmul_peak_gflops  # noqa: E402
+from _params import constraint_config, describe, jsonable, model_config, train_params  # noqa: E402
+from _synthetic import synthetic_binary_batch  # noqa: E402
+from vhp_core import ConstraintState, build_model, train_step  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "train_step.json"
+DATASET, X_SHAPE = "fashion_mnist", (784,)  # params.yaml's entries of a Bernoulli 784-pixel data set
+# kappa^2 = 1 > BCE per pixel: the constraint holds at once, so the prior (Theta, Phi) trains too.
+OVERRIDES = {"model.latent_dim": 50, "model.hidden": [500, 500], f"kappa.{DATASET}": 1.0}
 
 
-def matmul_peak_gflops(dtype: torch.dtype, n: int = 2048, reps: int = 5, rounds: int = 3) -> float:
-    """Best-of-rounds GFLOP/s of an n x n x n matmul in `dtype`.
-
-    n is halved (down to 256) while one matmul takes longer than 0.25 s: a CPU without
-    native bf16 emulates it at about 1 GFLOP/s, where one 2048^3 product takes over 10 s
-    and a peak measurement several minutes.
-    """
-    while True:
-        a = torch.randn(n, n).to(dtype)
-        b = torch.randn(n, n).to(dtype)
-        start = time.perf_counter()
-        a @ b
-        if time.perf_counter() - start < 0.25 or n <= 256:
-            break
-        n //= 2
-    a @ b
-    best = 0.0
-    for _ in range(rounds):
-        start = time.perf_counter()
-        for _ in range(reps):
-            a @ b
-        best = max(best, 2 * n**3 * reps / (time.perf_counter() - start) / 1e9)
-    return best
+def overrides(batch: int, precision: str) -> dict:
+    return {**OVERRIDES, "batch_size": batch, "precision": precision}
 
 
-def synthetic_binary_batch(batch: int, dim: int, seed: int = 0) -> torch.Tensor:
-    """Binary data from 10 random prototypes with 5% flip noise (MNIST-sized stand-in)."""
-    gen = torch.Generator().manual_seed(seed)
-    prototypes = torch.rand(10, dim, generator=gen) < 0.3
-    labels = torch.randint(10, (batch,), generator=gen)
-    flips = torch.rand(batch, dim, generator=gen) < 0.05
-    return (prototypes[labels] ^ flips).float()
+def describe_config(config) -> str:
+    """The recorded one-line description of the models timed (from the config, not a constant)."""
+    return (f"MLP {X_SHAPE[0]}-{'-'.join(map(str, config.hidden))}-{config.latent_dim}, Bernoulli, {config.activation}; "
+            f"vhp: zeta_dim {config.zeta_dim}, prior_hidden {tuple(config.prior_hidden)}, k_inner {config.k_inner}; "
+            "Adam fused")
 
 
 class StepBench:
@@ -72,15 +58,13 @@ class StepBench:
     def __init__(self, name: str, precision: str, batch: int, warmup: int) -> None:
         torch.manual_seed(0)
         self.name, self.precision, self.batch = name, precision, batch
-        config = ModelConfig(
-            model=name, x_shape=(784,), likelihood="bernoulli", latent_dim=50, hidden=(500, 500), precision=precision
-        )
-        self.model = build_model(config)
-        self.optimiser = torch.optim.Adam(self.model.parameters(), lr=1e-3, fused=True)
-        # kappa^2 = 1 > BCE per pixel: the constraint holds at once, so the prior (Theta, Phi) trains too.
-        self.cfg = ConstraintConfig(kappa=1.0)
+        params = train_params(overrides(batch, precision))
+        self.config = model_config(params, DATASET, name, X_SHAPE, "bernoulli")
+        self.model = build_model(self.config)
+        self.optimiser = torch.optim.Adam(self.model.parameters(), lr=params.lr, fused=True)
+        self.cfg = constraint_config(params, DATASET, batch)
         self.state = ConstraintState.initial(self.cfg, self.model.rule)
-        self.x = synthetic_binary_batch(batch, 784)
+        self.x = synthetic_binary_batch(batch, X_SHAPE[0])
         for _ in range(warmup):
             self.step()
         with FlopCounterMode(display=False) as counter:
@@ -136,6 +120,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    print(f"models: {describe(overrides(args.batch, 'fp32 | bf16'))}")
 
     benches = [StepBench(name, precision, args.batch, args.warmup) for name in ("vae", "vhp") for precision in ("fp32", "bf16")]
     # The cores are shared: rounds interleave the configurations and the peak measurements,
@@ -165,12 +150,13 @@ def main() -> None:
         "benchmark": "train_step",
         "torch": torch.__version__,
         "threads": args.threads,
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_name(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "matmul_peak_gflops": peaks,
         "matmul_peak_gflops_rounds": peak_rounds,
         "rounds": args.rounds,
-        "config": "MLP 784-500-500-50, Bernoulli, tanh; vhp: zeta_dim 2, prior_hidden (256, 256), k_inner 16; Adam fused",
+        "config": describe_config(benches[-1].config),
+        "overrides": jsonable(overrides(args.batch, "fp32 | bf16")),
         "runs": runs,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -76,10 +76,10 @@ def test_goals_use_an_adopted_graphed_row_only():
     assert g["row"] == "ours/vae/fp32" and not g["met"]
 
 
-def _budget():
-    from _gpu_runs import budget
+def _setting():
+    from _compare_setting import resolve
 
-    return budget(1)
+    return resolve(1, 600)  # params.yaml with compare_pythae's overrides, one epoch over 600 images
 
 
 def test_graphed_body_uncaptured_trains_like_train_step():
@@ -87,9 +87,9 @@ def test_graphed_body_uncaptured_trains_like_train_step():
     from _gpu_graph import Graphed
     from _gpu_runs import Ours
 
-    b = _budget()
+    s = _setting()
     x = torch.bernoulli(torch.full((6, 100, 1, 28, 28), 0.3), generator=torch.Generator().manual_seed(3))
-    eager, graphed = Ours("vae", "fp32", b, torch.device("cpu"), 600), Graphed("vae", b, torch.device("cpu"), 600)
+    eager, graphed = Ours("vae", "fp32", s, torch.device("cpu")), Graphed("vae", s, torch.device("cpu"))
     losses = [(float(eager.step(batch)), float(graphed.step(batch))) for batch in x]
     for a, g in losses:
         assert g == pytest.approx(a, rel=1e-6, abs=1e-5)
@@ -104,7 +104,7 @@ def test_graphed_refuses_a_moving_lambda():
     from _gpu_graph import Graphed
 
     with pytest.raises(ValueError, match="lambda moves"):
-        Graphed("vhp", _budget(), torch.device("cpu"), 600)
+        Graphed("vhp", _setting(), torch.device("cpu"))
 
 
 def test_section_shows_graphed_rows_with_speedup():
