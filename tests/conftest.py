@@ -80,6 +80,27 @@ def stage_params(cls, section: str, **overrides):
 
 
 @pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory):
+    """The API URL of one Prefect server (127.0.0.1, a free port) for every test that runs `vhp` in a subprocess.
+
+    Without a configured API each such subprocess would start an ephemeral server of its own
+    (several seconds each on two cores). Started on first use, stopped at the end of the session.
+    """
+    from builders import start_prefect_server, stop
+
+    home = tmp_path_factory.mktemp("prefect-server")
+    proc, url = start_prefect_server(home, home / "server.log")
+    yield url
+    stop(proc)
+
+
+@pytest.fixture
+def flow_env(tmp_path, prefect_server) -> dict[str, str]:
+    """The environment of a `vhp` subprocess: the shared Prefect server, a Prefect home of the test's own."""
+    return dict(os.environ, PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_API_URL=prefect_server)
+
+
+@pytest.fixture(scope="session")
 def harness():
     """One Prefect test harness (a temporary database and API) for every test that runs flows."""
     from prefect.testing.utilities import prefect_test_harness

@@ -8,33 +8,23 @@ the terminal (it stays in Prefect's run logs), and `--debug` shows it.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-import yaml
-
+from builders import synthetic_group, write_params
 from pipelines.cli import main
 from pipelines.params import read_yaml
 from test_preprocessing_faces import write_mesh_folder
-from test_reliability import write_params
-from test_train_flow import synthetic_group
 
-ROOT = Path(__file__).resolve().parents[1]
 VHP = str(Path(sys.executable).parent / "vhp")
 
 
 def toy_params(path: Path, **train) -> Path:
-    params = write_params(path, epochs=2, log_every=1, **train)
-    raw = read_yaml(params)
-    raw["base"]["seed"] = 0
-    path.write_text(yaml.safe_dump(raw))
-    return path
+    return write_params(path, train={"epochs": 2, "log_every": 1, **train})
 
 
-def vhp(args: list[str], tmp: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PREFECT_HOME=str(tmp / "prefect-home"))
+def vhp(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run([VHP, *args], env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -48,30 +38,30 @@ def one_line(stderr: str) -> str:
     return lines[0]
 
 
-def test_require_constraint_fails_the_run_in_one_line_and_writes_nothing(tmp_path):
+def test_require_constraint_fails_the_run_in_one_line_and_writes_nothing(tmp_path, flow_env):
     synthetic_group(tmp_path / "toy.zarr")
     # kappa far below any reachable reconstruction error: the constraint is never met
     params = toy_params(tmp_path / "params.yaml", kappa={"toy": 1e-4}, require_constraint=True)
     args = ["train", "--dataset", "toy", "--model", "vhp", "--data", str(tmp_path / "toy.zarr"),
             "--out", str(tmp_path / "m"), "--checkpoints", str(tmp_path / "ck"), "--params", str(params),
             "--no-progress"]
-    result = vhp(args, tmp_path)
+    result = vhp(args, flow_env)
     assert result.returncode == 2
     line = one_line(result.stderr)
     assert line.startswith("vhp train: error: vhp on toy: the constraint was never met")
     assert "use kappa: auto or raise kappa" in line and "nothing written" in line
     assert not (tmp_path / "m").exists()
 
-    debug = vhp(["--debug", *args], tmp_path)
+    debug = vhp(["--debug", *args], flow_env)
     assert debug.returncode != 0 and "Traceback" in debug.stderr and "ConstraintNotMetError" in debug.stderr
 
 
-def test_an_unmet_constraint_is_said_in_words_when_not_required(tmp_path):
+def test_an_unmet_constraint_is_said_in_words_when_not_required(tmp_path, flow_env):
     synthetic_group(tmp_path / "toy.zarr")
     params = toy_params(tmp_path / "params.yaml", kappa={"toy": 1e-4})
     result = vhp(["train", "--dataset", "toy", "--model", "vhp", "--data", str(tmp_path / "toy.zarr"),
                   "--out", str(tmp_path / "m"), "--checkpoints", str(tmp_path / "ck"), "--params", str(params),
-                  "--no-progress"], tmp_path)
+                  "--no-progress"], flow_env)
     assert result.returncode == 0, result.stderr[-2000:]
     metrics = json.loads((tmp_path / "m" / "metrics.json").read_text())
     assert metrics["constraint_met"] is False and metrics["prior_activation_step"] is None
@@ -99,10 +89,8 @@ def test_evaluating_a_model_on_another_data_set_is_one_line(tmp_path, capsys, ha
 
 def test_prepare_faces_source_takes_a_folder_of_meshes(tmp_path, capsys):
     folder = write_mesh_folder(tmp_path / "meshes", 2)
-    raw = read_yaml(ROOT / "params.yaml")
-    raw["prepare_faces"].update({"n_identities": 0, "n_azimuth": 2, "n_elevation": 1, "n_light": 2})
-    params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump(raw))
+    params = write_params(tmp_path / "params.yaml",
+                          prepare_faces={"n_identities": 0, "n_azimuth": 2, "n_elevation": 1, "n_light": 2})
     out = tmp_path / "faces.zarr"
     assert main(["prepare", "faces", "--source", str(folder), "--out", str(out), "--params", str(params),
                  "--no-progress"]) == 0

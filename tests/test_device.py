@@ -71,8 +71,7 @@ def test_network_opens_autocast_for_the_device_of_its_input(monkeypatch):
 
 
 def test_model_config_resolves_auto_precision_for_the_training_device(cuda_bf16, monkeypatch):
-    from test_train_flow import tiny_params
-
+    from builders import tiny_params
     from pipelines.train.flow import model_config
 
     monkeypatch.setattr(networks, "native_bf16", lambda: False)
@@ -102,8 +101,7 @@ def test_rng_states_carry_the_cuda_generators_when_training_on_cuda(monkeypatch)
 
 
 def test_checkpoints_hold_the_rng_states_and_resume_restores_them(tmp_path, monkeypatch):
-    from test_train_flow import fresh_model, make_run, tiny_params
-
+    from builders import fresh_model, make_run, tiny_params
     from pipelines.train import fit as fit_module
     from pipelines.checkpoint import load_payload
 
@@ -121,7 +119,7 @@ def test_checkpoints_hold_the_rng_states_and_resume_restores_them(tmp_path, monk
 
 
 def test_in_memory_data_stay_put_off_the_gpu(tmp_path):
-    from test_train_flow import make_run, tiny_params
+    from builders import make_run, tiny_params
 
     data, _, _ = make_run(tmp_path, tiny_params())
     assert data.on_device("cpu") is data and data.device.type == "cpu"
@@ -130,7 +128,7 @@ def test_in_memory_data_stay_put_off_the_gpu(tmp_path):
 def _finish_worker(rank: int, store: str, mode: str, out: str) -> None:
     import torch.distributed as dist
 
-    from pipelines.train.distributed import World, finish_together
+    from pipelines.distributed import World, finish_together
     from pipelines.errors import TrainingError
     from vhp_core import ConstraintConfig, ConstraintState
 
@@ -168,27 +166,21 @@ def test_two_gloo_processes_decide_the_finish_together(tmp_path, mode, expected)
 
 def _refusing_params(tmp_path, **train) -> str:
     """A params file whose kappa no run can meet, with train.require_constraint set."""
-    import yaml
-    from test_distributed import _params_file
+    from builders import ddp_params
 
-    path = _params_file(tmp_path, require_constraint=True, **train)
-    raw = yaml.safe_load(open(path).read())
-    raw["train"]["kappa"] = {"toy": 1e-4}
-    open(path, "w").write(yaml.safe_dump(raw))
-    return path
+    return ddp_params(tmp_path, require_constraint=True, kappa={"toy": 1e-4}, **train)
 
 
 @pytest.mark.slow
 def test_torchrun_refusal_ends_every_rank_with_the_same_one_line_error(tmp_path):
     """require_constraint with a kappa no run can meet: both gloo ranks stop with status 2, one line each."""
-    from test_distributed import _torchrun
-    from test_train_flow import ROOT, synthetic_group
+    from builders import ROOT, synthetic_group, torchrun_command
 
     data = synthetic_group(tmp_path / "toy.zarr", n_train=64, n_test=16)
     params = _refusing_params(tmp_path, epochs=2, batch_size=32)
     common = ["--data", str(data), "--params", params, "--model", "vhp", "--shards", "2"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    run = subprocess.run(_torchrun(tmp_path, common, "refused"), cwd=ROOT, env=env, capture_output=True,
+    run = subprocess.run(torchrun_command(tmp_path, common, "refused"), cwd=ROOT, env=env, capture_output=True,
                          text=True, timeout=300)
     assert run.returncode != 0
     lines = [line for line in run.stderr.splitlines() if line.startswith("vhp distributed: error:")]
@@ -197,9 +189,8 @@ def test_torchrun_refusal_ends_every_rank_with_the_same_one_line_error(tmp_path)
 
 
 def test_distributed_main_reports_a_user_error_in_one_line(tmp_path, capsys):
-    from test_train_flow import synthetic_group
-
-    from pipelines.train.distributed import main
+    from builders import synthetic_group
+    from pipelines.distributed import main
 
     data = synthetic_group(tmp_path / "toy.zarr", n_train=32, n_test=8)
     params = _refusing_params(tmp_path, epochs=1, batch_size=16)

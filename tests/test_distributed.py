@@ -10,11 +10,10 @@ import sys
 import numpy as np
 import pytest
 import torch
-import yaml
 
+from builders import ROOT, ddp_params, fresh_model, make_run, synthetic_group, tiny_params, torchrun_command
 from pipelines.checkpoint import load_payload
-from pipelines.train.distributed import World, rank_slices, shard_seed
-from test_train_flow import ROOT, fresh_model, make_run, synthetic_group, tiny_params
+from pipelines.distributed import World, rank_slices, shard_seed
 from vhp_core import ConstraintState, train_step
 
 
@@ -44,7 +43,7 @@ def test_uneven_last_batch_splits_into_nearly_equal_shards():
 
 def test_one_process_hooks_give_the_same_step_as_the_plain_loop(tmp_path):
     """With one shard the data-parallel hooks change nothing but where the noise comes from."""
-    from pipelines.train.distributed import data_parallel_hooks
+    from pipelines.distributed import data_parallel_hooks
     from pipelines.train.fit import fit
 
     params = tiny_params(kappa={"toy": 0.9}, epochs=2)
@@ -58,7 +57,7 @@ def test_one_process_hooks_give_the_same_step_as_the_plain_loop(tmp_path):
 
 
 def test_non_finite_shard_skips_the_step_and_keeps_the_state(tmp_path):
-    from pipelines.train.distributed import data_parallel_hooks
+    from pipelines.distributed import data_parallel_hooks
 
     params = tiny_params()
     data, config, ccfg = make_run(tmp_path, params)
@@ -76,23 +75,6 @@ def test_non_finite_shard_skips_the_step_and_keeps_the_state(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
-def _params_file(tmp_path, **train) -> str:
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    raw["base"].update(seed=0, threads=1, device="cpu")
-    raw["train"].update(datasets=["toy"], models=["vhp"], kappa={"toy": 0.9}, gaussian_std={"toy": 1.0},
-                        network={"toy": "mlp"}, log_every=1, **train)
-    raw["train"]["model"].update(hidden=[16], prior_hidden=[16], k_inner=4, k_iw=3, n_pseudo=5)
-    path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return str(path)
-
-
-def _torchrun(tmp_path, common: list[str], out: str, **popen) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-            "-m", "pipelines.train.distributed", *common, "--out", str(tmp_path / out),
-            "--checkpoints", str(tmp_path / f"ck-{out}")]
-
-
 @pytest.mark.slow
 def test_two_processes_match_one_process_on_the_same_global_batch(tmp_path):
     """torchrun with 2 gloo processes vs one process holding both shards of each global batch.
@@ -101,14 +83,14 @@ def test_two_processes_match_one_process_on_the_same_global_batch(tmp_path):
     bitwise (the only difference is the order in which the two shards' gradients are summed).
     """
     data = synthetic_group(tmp_path / "toy.zarr", n_train=128, n_test=32)
-    params = _params_file(tmp_path, epochs=3, batch_size=32)
+    params = ddp_params(tmp_path, epochs=3, batch_size=32)
     common = ["--data", str(data), "--params", params, "--model", "vhp", "--shards", "2"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    one = subprocess.run([sys.executable, "-m", "pipelines.train.distributed", *common, "--out", str(tmp_path / "one"),
+    one = subprocess.run([sys.executable, "-m", "pipelines.distributed", *common, "--out", str(tmp_path / "one"),
                           "--checkpoints", str(tmp_path / "ck-one")],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr
-    two = subprocess.run(_torchrun(tmp_path, common, "two"), cwd=ROOT, env=env, capture_output=True, text=True,
+    two = subprocess.run(torchrun_command(tmp_path, common, "two"), cwd=ROOT, env=env, capture_output=True, text=True,
                          timeout=300)
     assert two.returncode == 0, two.stderr
     assert "on 2 process(es)" in two.stdout
@@ -131,15 +113,15 @@ def test_a_sigkilled_ddp_run_resumes_and_ends_like_an_uninterrupted_one(tmp_path
     import time
 
     data = synthetic_group(tmp_path / "toy.zarr", n_train=128, n_test=32)
-    params = _params_file(tmp_path, epochs=8, batch_size=32, checkpoint_every=4)
+    params = ddp_params(tmp_path, epochs=8, batch_size=32, checkpoint_every=4)
     common = ["--data", str(data), "--params", params, "--model", "vhp", "--shards", "2"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    ref = subprocess.run(_torchrun(tmp_path, common, "ref"), cwd=ROOT, env=env, capture_output=True, text=True,
+    ref = subprocess.run(torchrun_command(tmp_path, common, "ref"), cwd=ROOT, env=env, capture_output=True, text=True,
                          timeout=600)
     assert ref.returncode == 0, ref.stderr
 
     ck = tmp_path / "ck-killed" / "checkpoint.pt"
-    proc = subprocess.Popen(_torchrun(tmp_path, common, "killed"), cwd=ROOT, env=env, start_new_session=True,
+    proc = subprocess.Popen(torchrun_command(tmp_path, common, "killed"), cwd=ROOT, env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     step = 0
@@ -152,7 +134,7 @@ def test_a_sigkilled_ddp_run_resumes_and_ends_like_an_uninterrupted_one(tmp_path
     proc.wait(timeout=60)
     assert not (tmp_path / "killed" / "model.pt").exists()
 
-    again = subprocess.run(_torchrun(tmp_path, common, "killed"), cwd=ROOT, env=env, capture_output=True,
+    again = subprocess.run(torchrun_command(tmp_path, common, "killed"), cwd=ROOT, env=env, capture_output=True,
                            text=True, timeout=600)
     assert again.returncode == 0, again.stderr
     a, b = load_payload(tmp_path / "ref" / "model.pt"), load_payload(tmp_path / "killed" / "model.pt")

@@ -20,10 +20,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from builders import ROOT, expected_steps, faces_params
 from pipelines.params import read_yaml
-from test_pipeline_e2e import expected_steps, shrunk_params
 
-ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
@@ -42,7 +41,7 @@ def project_copy(dest: Path) -> Path:
         if src.is_file():
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / name)
-    shrunk_params(dest / "params.yaml")
+    faces_params(dest / "params.yaml")
     for args in (["init", "-q"], ["config", "user.email", "t@example.org"], ["config", "user.name", "t"],
                  ["add", "-A"], ["commit", "-qm", "copy"]):
         subprocess.run(["git", *args], cwd=dest, check=True, capture_output=True)

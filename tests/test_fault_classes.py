@@ -25,14 +25,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
+from builders import ROOT, synthetic_group, write_params
 from conftest import SHIPPED_DATA
 from pipelines.cli import main
 from preprocessing.atomic import atomic_write, atomic_write_text, new_file_mode
 from preprocessing.errors import PreprocessingError, WriteError
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 # --------------------------------------------------------------------------- writers
@@ -175,10 +173,7 @@ def test_every_writer_on_a_full_disk_refuses_with_enospc(tiny_disk, name) -> Non
 
 
 def _mocap_params(tmp_path: Path, source: Path, **changes) -> Path:
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["prepare_mocap"].update(source=str(source), **changes)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    return tmp_path / "params.yaml"
+    return write_params(tmp_path / "params.yaml", prepare_mocap={"source": str(source), **changes})
 
 
 def test_prepare_on_a_full_disk_exits_2_with_one_line_and_no_temporary(tmp_path, capsys) -> None:
@@ -334,14 +329,10 @@ def test_write_error_survives_pickling_with_its_message() -> None:
 
 def test_train_on_a_full_disk_exits_2_in_one_line_and_is_not_retried(tmp_path, harness, capsys, monkeypatch) -> None:
     import pipelines.train.flow
-    from test_reliability import write_params
-    from test_train_flow import synthetic_group
 
     synthetic_group(tmp_path / "toy.zarr", n_train=64)
-    params = write_params(tmp_path / "params.yaml", epochs=2, checkpoint_every=1)
-    raw = yaml.safe_load(params.read_text())
-    raw["train"]["model"]["hidden"] = [512, 512]  # a checkpoint of several MB: beyond the limit below
-    params.write_text(yaml.safe_dump(raw))
+    params = write_params(tmp_path / "params.yaml", train={"epochs": 2, "checkpoint_every": 1},
+                          model={"hidden": [512, 512]})  # a checkpoint of several MB: beyond the limit below
     calls = []
     real = pipelines.train.flow.train_one
     monkeypatch.setattr(pipelines.train.flow, "train_one", lambda *a, **k: calls.append(1) or real(*a, **k))

@@ -9,47 +9,18 @@ runs its Prefect flow under ``prefect_test_harness``.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import pytest
-import yaml
 
+from builders import expected_steps, faces_params
 from pipelines.cli import main
-from pipelines.params import read_yaml
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def shrunk_params(path: Path) -> Path:
-    raw = read_yaml(ROOT / "params.yaml")
-    raw["base"]["threads"] = 1
-    raw["prepare_faces"].update({"n_identities": 2, "n_azimuth": 3, "n_elevation": 2, "n_light": 2})
-    raw["train"].update({"datasets": ["faces"], "models": ["vhp", "iwae"], "epochs": 2, "batch_size": 8,
-                         "checkpoint_every": 2, "log_every": 1})
-    raw["train"]["model"].update({"hidden": [16], "prior_hidden": [16], "k_inner": 4, "k_iw": 3})
-    raw["evaluate"].update({"ll_samples": 16, "ll_inner_samples": 4, "ll_inner_samples_check": 8, "ll_points": 10,
-                            "max_train_points": 100,
-                            "grid_size": 10, "mf_points": 40, "graph_nodes": 40, "graph_k": 4,
-                            "interp_pairs": 2, "line_steps": 10, "segment_steps": 2, "n_frames": 4,
-                            "n_reconstructions": 4, "n_samples": 4})
-    path.write_text(yaml.safe_dump(raw))
-    return path
-
-
-def expected_steps(data: Path | str, epochs: int = 2, batch_size: int = 8) -> int:
-    """Optimiser steps of the shrunk run: epochs x ceil(training rows / batch); val rows are not trained on."""
-    from preprocessing.store import open_dataset
-
-    dataset = open_dataset(data)
-    assert dataset.val is not None and len(dataset.val) > 0, "the shrunk faces data set must hold a val split"
-    return epochs * math.ceil(len(dataset.train) / batch_size)
 
 
 @pytest.mark.slow
 def test_prepare_train_evaluate_report(tmp_path, harness, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    params = str(shrunk_params(tmp_path / "params.yaml"))
+    params = str(faces_params(tmp_path / "params.yaml"))
     data = "data/processed/faces.zarr"
     assert main(["prepare", "faces", "--out", data, "--params", params, "--no-progress"]) == 0
     for model in ("vhp", "iwae"):

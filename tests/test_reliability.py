@@ -19,27 +19,19 @@ import pytest
 import torch
 import yaml
 
+from builders import ROOT, fresh_model, make_run, synthetic_group, tiny_params, write_params
 from pipelines.checkpoint import load_payload
 from pipelines.cli import main
 from pipelines.errors import NonFiniteTrainingError
 from pipelines.train.fit import fit
-from pipelines.params import read_yaml
-from test_train_flow import fresh_model, make_run, synthetic_group, tiny_params
 
-ROOT = Path(__file__).resolve().parents[1]
 VHP = str(Path(sys.executable).parent / "vhp")
 
 
-def write_params(path: Path, **train_overrides) -> Path:
-    raw = read_yaml(ROOT / "params.yaml")
-    raw["base"].update({"seed": 11, "threads": 1})
-    raw["train"].update({"datasets": ["toy"], "models": ["vhp"], "epochs": 30, "batch_size": 16,
-                         "checkpoint_every": 10, "log_every": 5, "kappa": {"toy": 0.2},
-                         "gaussian_std": {"toy": 1.0}, "network": {"toy": "mlp"}})
-    raw["train"]["model"].update({"hidden": [32], "prior_hidden": [32], "k_inner": 4})
-    raw["train"].update(train_overrides)
-    path.write_text(yaml.safe_dump(raw))
-    return path
+def long_run_params(path: Path, **train) -> Path:
+    """Shrunk params for a `vhp train` long enough (30 epochs) to be killed between checkpoints."""
+    return write_params(path, base={"seed": 11}, model={"hidden": [32], "prior_hidden": [32]},
+                        train={"epochs": 30, "checkpoint_every": 10, "log_every": 5, **train})
 
 
 def train_cmd(tmp: Path, out: str, params: Path) -> list[str]:
@@ -48,14 +40,10 @@ def train_cmd(tmp: Path, out: str, params: Path) -> list[str]:
             "--no-progress"]
 
 
-def run_env(tmp: Path) -> dict[str, str]:
-    return dict(os.environ, PREFECT_HOME=str(tmp / "prefect-home"))
-
-
-def test_sigkilled_training_resumes_and_ends_like_an_uninterrupted_run(tmp_path):
+def test_sigkilled_training_resumes_and_ends_like_an_uninterrupted_run(tmp_path, flow_env):
     synthetic_group(tmp_path / "toy.zarr", n_train=192)
-    params = write_params(tmp_path / "params.yaml")
-    env = run_env(tmp_path)
+    params = long_run_params(tmp_path / "params.yaml")
+    env = flow_env  # the shared Prefect server
 
     subprocess.run(train_cmd(tmp_path, "reference", params), env=env, check=True, capture_output=True,
                    timeout=300)
@@ -132,10 +120,7 @@ def test_isolated_non_finite_batches_are_counted_and_skipped(tmp_path):
 )
 def test_cli_refuses_bad_params_naming_the_key(tmp_path, capsys, section, key, value, expected):
     synthetic_group(tmp_path / "toy.zarr")
-    params = write_params(tmp_path / "params.yaml")
-    raw = read_yaml(params)
-    raw[section][key] = value
-    params.write_text(yaml.safe_dump(raw))
+    params = write_params(tmp_path / "params.yaml", **{section: {key: value}})
     code = main(train_cmd(tmp_path, "m", params)[1:])
     assert code == 2
     err = capsys.readouterr().err
@@ -166,11 +151,11 @@ def test_training_refuses_a_broken_zarr_group_before_writing_anything(tmp_path, 
     assert "toy.zarr" in err and "another training run" not in err
 
 
-def test_a_second_training_of_the_same_model_is_refused_naming_the_first_ones_pid(tmp_path):
+def test_a_second_training_of_the_same_model_is_refused_naming_the_first_ones_pid(tmp_path, flow_env):
     """Two real `vhp train` processes for the same data set and model (the same checkpoint folder)."""
     synthetic_group(tmp_path / "toy.zarr", n_train=192)
-    params = write_params(tmp_path / "params.yaml", epochs=20000)  # far longer than the test: it is killed
-    env = run_env(tmp_path)
+    params = long_run_params(tmp_path / "params.yaml", epochs=20000)  # far longer than the test: it is killed
+    env = flow_env
     first = subprocess.Popen(train_cmd(tmp_path, "a", params), env=env, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL, start_new_session=True)
     try:
@@ -190,7 +175,7 @@ def test_a_second_training_of_the_same_model_is_refused_naming_the_first_ones_pi
         os.killpg(first.pid, signal.SIGKILL)
         first.wait(timeout=30)
     # the lock dies with its holder: a new run can take it
-    done = subprocess.run(train_cmd(tmp_path, "a", write_params(tmp_path / "short.yaml", epochs=1)), env=env,
+    done = subprocess.run(train_cmd(tmp_path, "a", long_run_params(tmp_path / "short.yaml", epochs=1)), env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert not (tmp_path / "ck-a" / ".train.pid").exists()

@@ -10,64 +10,19 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 import yaml
 
+from builders import RETRAIN, make_retrain_project
 from pipelines.params import RetrainParams
 from pipelines.retrain.flow import decide, pipeline_changes, read_metric, read_registry
-
-STAGE = textwrap.dedent(
-    """
-    import json, pathlib, sys, yaml
-    root = pathlib.Path.cwd()
-    value = yaml.safe_load((root / "params.yaml").read_text())["fake"]["metric"]
-    raw = (root / "raw" / "trial.amc").read_text()
-    if value == "fail":
-        print("stage train failed: simulated", file=sys.stderr)
-        sys.exit(1)
-    for kind in ("models", "eval"):
-        (root / kind / "mocap" / "vhp").mkdir(parents=True, exist_ok=True)
-    (root / "models/mocap/vhp/model.pt").write_text(f"weights for {value} on {raw}")
-    metrics = {} if value == "none" else {"test_log_likelihood": float(value)}
-    (root / "eval/mocap/vhp/metrics.json").write_text(json.dumps(metrics))
-    """
-)
-
-RETRAIN = {"dataset": "mocap", "model": "vhp", "metric": "test_log_likelihood", "higher_is_better": True,
-           "min_improvement": 0.5, "command": ["dvc", "repro"], "registry": "registry", "timeout_seconds": 300}
 
 
 def params(**overrides) -> RetrainParams:
     return RetrainParams(**{**RETRAIN, **overrides})
-
-
-def git(root: Path, *args: str) -> None:
-    subprocess.run(["git", *args], cwd=root, check=True, capture_output=True)
-
-
-def make_project(root: Path) -> Path:
-    root.mkdir(parents=True)
-    (root / "raw").mkdir()
-    (root / "raw" / "trial.amc").write_text("1\nroot 0 0 0\n")
-    (root / "stage.py").write_text(STAGE)
-    (root / "params.yaml").write_text(yaml.safe_dump({"fake": {"metric": "-100.0"}, "retrain": RETRAIN}))
-    (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"train": {
-        "cmd": f"{sys.executable} stage.py", "deps": ["stage.py", "raw"], "params": ["fake"],
-        "outs": ["models/mocap/vhp", "eval/mocap/vhp"]}}}))
-    (root / ".gitignore").write_text("/registry/\n")
-    git(root, "init", "-q")
-    git(root, "config", "user.email", "t@example.org")
-    git(root, "config", "user.name", "t")
-    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=root, check=True)
-    subprocess.run([sys.executable, "-m", "dvc", "config", "core.analytics", "false"], cwd=root, check=True)
-    git(root, "add", "-A")
-    git(root, "commit", "-qm", "project")
-    return root
 
 
 def set_metric(root: Path, value: str) -> None:
@@ -102,7 +57,7 @@ def test_promotes_only_better_models_asking_dvc_what_changed(tmp_path, harness, 
     from pipelines.retrain.flow import run_retrain_once
 
     monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}:{__import__('os').environ['PATH']}")
-    root = make_project(tmp_path / "p")
+    root = make_retrain_project(tmp_path / "p")
     production = root / "registry" / "production" / "models" / "model.pt"
     assert pipeline_changes(root)  # nothing has run yet: DVC says the stage is new
 

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 import math
 
 import pytest
 
+from builders import ROOT, synthetic_group, tiny_params
 from conftest import stage_params
 from pipelines.errors import SweepError
 from pipelines.params import BaseParams, EvaluateParams, ParamsError, SweepParams, from_dict, read_yaml
 from pipelines.sweep.run import GridPoint, grid, run_sweep
 from pipelines.sweep.results import aggregate, results_markdown, write_results
-from test_train_flow import ROOT, synthetic_group, tiny_params
 
 TINY_EVALUATE = stage_params(
     EvaluateParams, "evaluate",

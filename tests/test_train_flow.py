@@ -4,79 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from builders import fresh_model, make_run, synthetic_group, tiny_params
 from pipelines.checkpoint import CheckpointError, load_model, load_payload
+from pipelines.params import BaseParams
 from pipelines.train.data import load_training_data
-from pipelines.errors import RunLockedError
 from pipelines.train.fit import fit, learning_rate
-from pipelines.params import BaseParams, TrainParams, read_yaml, section
-from pipelines.runtime import run_lock, set_determinism
 from pipelines.train.flow import constraint_config, model_config, run_training
-from preprocessing.store import identity_normalisation, open_dataset, write_dataset
-from vhp_core import build_model
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def synthetic_group(path: Path, n_train: int = 96, n_test: int = 32, dim: int = 6, seed: int = 0) -> Path:
-    """A small valid zarr group: points near a 1-D curve in `dim` dimensions."""
-    rng = np.random.default_rng(seed)
-
-    def points(n: int) -> np.ndarray:
-        t = rng.uniform(0, 2 * np.pi, size=(n, 1))
-        basis = np.concatenate([np.cos(t * k) for k in range(1, dim // 2 + 1)]
-                               + [np.sin(t * k) for k in range(1, dim - dim // 2 + 1)], axis=1)
-        return (basis + 0.05 * rng.standard_normal((n, dim))).astype(np.float32)
-
-    arrays = {
-        "train/x": points(n_train),
-        "test/x": points(n_test),
-        "train/label": rng.integers(0, 2, n_train).astype(np.int64),
-        "test/label": rng.integers(0, 2, n_test).astype(np.int64),
-    }
-    attrs = {
-        "dataset": "toy",
-        "likelihood": "gaussian",
-        "x_shape": [dim],
-        "feature_names": [f"f{i}" for i in range(dim)],
-        "units": "arbitrary",
-        "normalisation": identity_normalisation(),
-        "labels": {"label": {"kind": "categorical", "classes": ["a", "b"]}},
-        "sources": [],
-        "params": {"seed": seed},
-        "stand_in": True,
-    }
-    write_dataset(path, arrays, attrs)
-    return path
-
-
-def tiny_params(**overrides) -> TrainParams:
-    raw = read_yaml(ROOT / "params.yaml")
-    params = section(TrainParams, raw, "train")
-    model = dataclasses.replace(params.model, hidden=(16,), prior_hidden=(16,), k_inner=4, k_iw=3, n_pseudo=5)
-    defaults = dict(datasets=("toy",), models=("vhp",), epochs=3, batch_size=16, kappa={"toy": 0.2},
-                    gaussian_std={"toy": 1.0}, network={"toy": "mlp"}, checkpoint_every=4, log_every=2,
-                    model=model)
-    defaults.update(overrides)
-    return dataclasses.replace(params, **defaults)
-
-
-def make_run(tmp_path: Path, params: TrainParams, model_name: str = "vhp"):
-    dataset = open_dataset(synthetic_group(tmp_path / "toy.zarr"))
-    data = load_training_data(dataset, params)
-    config = model_config(params, "toy", model_name, dataset.x_shape, dataset.likelihood)
-    ccfg = constraint_config(params, "toy", data.n)
-    return data, config, ccfg
-
-
-def fresh_model(config, seed: int = 0):
-    set_determinism(seed)
-    return build_model(config)
+from preprocessing.store import open_dataset
 
 
 def test_learning_rate_schedule():
