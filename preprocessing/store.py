@@ -22,9 +22,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -33,6 +30,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
+from preprocessing.atomic import atomic_folder
 from preprocessing.errors import DatasetError, PreprocessingError, WriteError
 
 __all__ = [
@@ -171,9 +169,9 @@ def _check_arrays(path: Path, arrays: Mapping[str, np.ndarray], attrs: Mapping[s
 
 
 def write_dataset(path: Path | str, arrays: Mapping[str, np.ndarray], attrs: Mapping[str, Any]) -> None:
-    """Write a data set group atomically: build ``.<name>.tmp-*`` beside ``path``, check
-    it, then rename it into place (an existing group is replaced only after the new one
-    is complete). Nothing is left behind on failure."""
+    """Write a data set group atomically (``preprocessing.atomic.atomic_folder``): build it
+    beside ``path``, check it, then rename it into place (an existing group is replaced only
+    after the new one is complete). Nothing is left behind on failure."""
     path = Path(path)
     arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
     attrs = dict(attrs)
@@ -184,41 +182,27 @@ def write_dataset(path: Path | str, arrays: Mapping[str, np.ndarray], attrs: Map
         json.dumps(attrs)
     except (TypeError, ValueError) as err:
         raise DatasetError(path, f"attributes are not JSON: {err}") from err
-    path.parent.mkdir(parents=True, exist_ok=True)
-    token = uuid.uuid4().hex[:8]
-    tmp = path.parent / f".{path.name}.tmp-{token}"
-    old = path.parent / f".{path.name}.old-{token}"
     try:
-        root = zarr.open_group(store=str(tmp), mode="w", zarr_format=3)
-        root.attrs.update(attrs)
-        present = SPLITS + tuple(s for s in OPTIONAL_SPLITS if any(k.startswith(f"{s}/") for k in arrays))
-        groups = {split: root.create_group(split) for split in present}
-        for name, arr in arrays.items():
-            split, key = name.split("/")
-            groups[split].create_array(
-                key,
-                data=arr,
-                chunks=(_chunk_rows(arr.shape, arr.dtype.itemsize), *arr.shape[1:]),
-                compressors=BloscCodec(cname="zstd", clevel=3, shuffle="shuffle"),
-            )
-        open_dataset(tmp, check_values=False)
-        if path.exists():
-            os.rename(path, old)
-            try:
-                os.rename(tmp, path)
-            except BaseException:
-                os.rename(old, path)
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, path)
+        with atomic_folder(path) as tmp:
+            root = zarr.open_group(store=str(tmp), mode="w", zarr_format=3)
+            root.attrs.update(attrs)
+            present = SPLITS + tuple(s for s in OPTIONAL_SPLITS if any(k.startswith(f"{s}/") for k in arrays))
+            groups = {split: root.create_group(split) for split in present}
+            for name, arr in arrays.items():
+                split, key = name.split("/")
+                groups[split].create_array(
+                    key,
+                    data=arr,
+                    chunks=(_chunk_rows(arr.shape, arr.dtype.itemsize), *arr.shape[1:]),
+                    compressors=BloscCodec(cname="zstd", clevel=3, shuffle="shuffle"),
+                )
+            open_dataset(tmp, check_values=False)
     except DatasetError as err:
         raise DatasetError(path, err.problem) from err
+    except WriteError:
+        raise
     except OSError as err:  # disk full, quota, read-only: one line naming the group, nothing left
         raise WriteError(path, err) from err
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- reading

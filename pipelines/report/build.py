@@ -20,16 +20,14 @@ import csv
 import html
 import json
 import math
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pipelines.plotting import CURVE_PANELS, training_curves_figure
-from preprocessing.atomic import atomic_write_text
+from preprocessing.atomic import atomic_folder, atomic_write_text
 from pipelines.params import ReportParams
 from pipelines.report.tables import _likelihood_notes, _metrics_table, _model_order
 
@@ -258,20 +256,6 @@ def _write_dvc_views(out: Path, metrics: dict[str, dict[str, dict[str, Any]]]) -
 def build_report(eval_root: Path, models_root: Path, out_dir: Path, params: ReportParams) -> Path:
     """Write out_dir/index.html (and its PNGs) from eval_root and models_root; returns the index path."""
     eval_root, models_root, out_dir = Path(eval_root), Path(models_root), Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_folder(out_dir) as staging:  # the old report stays whole until the new one is in place
         _render(eval_root, models_root, staging, params)
-        os.chmod(staging, 0o755)  # mkdtemp makes it private; the report is for reading
-        # Swap the finished folder into place: the old report stays whole until the rename.
-        retired = None
-        if out_dir.exists():
-            retired = out_dir.with_name(f".{out_dir.name}.old.{os.getpid()}")
-            os.replace(out_dir, retired)
-        os.replace(staging, out_dir)
-        if retired is not None:
-            shutil.rmtree(retired, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out_dir / "index.html"

@@ -24,7 +24,6 @@ import math
 import os
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,7 @@ from prefect.cache_policies import NONE
 from pipelines.checkpoint import atomic_write_json
 from pipelines.errors import RetrainError
 from pipelines.params import RetrainParams, read_yaml, section
+from preprocessing.atomic import atomic_folder
 
 
 # --------------------------------------------------------------------------- plain functions
@@ -146,24 +146,11 @@ def promote(project: Path, params: RetrainParams) -> Path:
     project = Path(project)
     reg = registry_dir(project, params)
     reg.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".production.", dir=reg))
-    try:
+    with atomic_folder(reg / "production") as staging:
         for kind in ("models", "eval"):
             src = project / kind / params.dataset / params.model
             if src.exists():
                 shutil.copytree(src, staging / kind)
-        target = reg / "production"
-        old = reg / ".production.old"
-        if old.exists():
-            shutil.rmtree(old)
-        if target.exists():
-            os.replace(target, old)
-        os.replace(staging, target)
-        if old.exists():
-            shutil.rmtree(old)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return reg / "production"
 
 
