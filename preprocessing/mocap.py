@@ -16,16 +16,23 @@ skeleton, so ``features_to_positions`` can draw stick figures from the group alo
 
 from __future__ import annotations
 
-import csv
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
 import numpy as np
 
-from preprocessing.acclaim import ROTATION_DOFS, TRANSLATION_DOFS, Motion, Skeleton, forward_kinematics, parse_amc, parse_asf
+from preprocessing.acclaim import ROTATION_DOFS, TRANSLATION_DOFS, Skeleton, forward_kinematics, parse_amc, parse_asf
 from preprocessing.embedded import fetch_embedded_mocap, sha256_file
-from preprocessing.errors import MocapFormatError, SourceError
+from preprocessing.errors import MocapFormatError
+from preprocessing.mocap_sources import (  # noqa: F401  (Trial, UNLABELLED re-exported: the trial record)
+    UNLABELLED,
+    Trial,
+    _resolve,
+    detect_format,
+    load_other_trials,
+    read_labels,
+)
 from preprocessing.store import denormalise, write_dataset
 
 __all__ = [
@@ -39,8 +46,6 @@ __all__ = [
     "Trial",
 ]
 
-UNLABELLED = "unlabelled"
-SOURCE_FPS = 120  # every CMU AMC trial
 FORMATS = ("auto", "acclaim", "bvh", "amass")
 
 
@@ -85,71 +90,7 @@ class MocapParams:
             raise ValueError(f"angle_encoding must be 'degrees' or 'sincos', got {self.angle_encoding!r}")
 
 
-@dataclass(frozen=True)
-class Trial:
-    subject: str
-    trial: str
-    motion: str
-    path: Path
-    skeleton: Any  # acclaim.Skeleton, bvh.BvhSkeleton or amass.SmplTree
-    motion_data: Motion
-    fps: float = SOURCE_FPS
-
-
 # --------------------------------------------------------------------------- sources
-
-
-def _resolve(base: Path, name: str) -> Path:
-    path = Path(name)
-    if path.is_absolute():
-        return path
-    return base / path if (base / path).exists() else path
-
-
-def _read_index(path: Path, delimiter: str = "\t") -> dict[str, dict[str, str]]:
-    """INDEX.tsv (or labels CSV) rows keyed by trial name (rows without a trial, e.g. skeletons, skipped)."""
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f, delimiter=delimiter))
-    except (OSError, csv.Error, UnicodeDecodeError) as err:
-        raise SourceError(path, f"cannot read index ({err})") from err
-    if rows and not {"trial", "motion"} <= set(rows[0]):
-        raise SourceError(path, "index needs at least the columns 'trial' and 'motion'")
-    out = {}
-    for row in rows:
-        trial = (row.get("trial") or "").strip()
-        if trial and trial != "-":
-            out[trial] = row
-    return out
-
-
-def read_labels(folder: Path, params: MocapParams, used: list[Path]) -> dict[str, dict[str, str]]:
-    """Rows of ``index_file`` (when present) updated by those of ``labels_csv`` (when set), by trial."""
-    index: dict[str, dict[str, str]] = {}
-    if params.index_file and (folder / params.index_file).is_file():
-        index = _read_index(folder / params.index_file)
-        used.append(folder / params.index_file)
-    if params.labels_csv:
-        path = _resolve(folder, params.labels_csv)
-        if not path.is_file():
-            raise SourceError(path, "labels_csv does not exist")
-        for trial, row in _read_index(path, ",").items():
-            index[trial] = {**index.get(trial, {}), **{k: v for k, v in row.items() if k and v}}
-        used.append(path)
-    return index
-
-
-def detect_format(folder: Path, wanted: str) -> str:
-    """The motion format of a source folder: ``wanted``, or for 'auto' the one kind of file in it."""
-    if wanted != "auto":
-        return wanted
-    found = {fmt: any(p.suffix.lower() == ext for p in folder.rglob("*")) for fmt, ext in (("acclaim", ".amc"), ("bvh", ".bvh"), ("amass", ".npz"))}
-    kinds = [k for k, v in found.items() if v]
-    if len(kinds) == 1:
-        return kinds[0]
-    if not kinds:
-        raise MocapFormatError(folder, None, "no AMC, BVH or AMASS .npz files in the folder (searched recursively)")
-    raise MocapFormatError(folder, None, f"the folder holds {' and '.join(kinds)} files: set prepare_mocap.format to one of them")
 
 
 def _subject_of(amc: Path) -> str:
@@ -169,8 +110,6 @@ def load_trials(params: MocapParams, progress: bool = False) -> tuple[Path, list
         raise MocapFormatError(folder, None, "source folder does not exist")
     fmt = detect_format(folder, params.format)
     if fmt != "acclaim":
-        from preprocessing.mocap_sources import load_other_trials
-
         return load_other_trials(folder, fmt, params, progress)
     amcs = sorted((p for p in folder.rglob("*") if p.suffix.lower() == ".amc" and p.is_file()), key=lambda p: (p.stem, str(p)))
     if not amcs:

@@ -1,4 +1,6 @@
-"""BVH and AMASS folders as trials for ``preprocessing.mocap`` (the ASF/AMC path lives there).
+"""Where trials come from, for ``preprocessing.mocap``: the trial record, the labels (index
+and CSV), the format of a source folder, and BVH and AMASS folders as trials (the ASF/AMC
+path lives in ``preprocessing.mocap``, which imports this module; never the other way).
 
 Every ``.bvh`` (or AMASS ``.npz``; a subject's ``shape.npz`` is skipped) under the
 source folder is one trial. Labels:
@@ -16,12 +18,85 @@ source folder is one trial. Labels:
 
 from __future__ import annotations
 
+import csv
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from preprocessing.errors import MocapFormatError
+from preprocessing.errors import MocapFormatError, SourceError
 
-__all__ = ["load_other_trials"]
+if TYPE_CHECKING:
+    from preprocessing.acclaim import Motion
+
+__all__ = ["Trial", "UNLABELLED", "read_labels", "detect_format", "load_other_trials"]
+
+UNLABELLED = "unlabelled"
+SOURCE_FPS = 120  # every CMU AMC trial
+
+
+@dataclass(frozen=True)
+class Trial:
+    subject: str
+    trial: str
+    motion: str
+    path: Path
+    skeleton: Any  # acclaim.Skeleton, bvh.BvhSkeleton or amass.SmplTree
+    motion_data: Motion
+    fps: float = SOURCE_FPS
+
+
+def _resolve(base: Path, name: str) -> Path:
+    path = Path(name)
+    if path.is_absolute():
+        return path
+    return base / path if (base / path).exists() else path
+
+
+def _read_index(path: Path, delimiter: str = "\t") -> dict[str, dict[str, str]]:
+    """INDEX.tsv (or labels CSV) rows keyed by trial name (rows without a trial, e.g. skeletons, skipped)."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f, delimiter=delimiter))
+    except (OSError, csv.Error, UnicodeDecodeError) as err:
+        raise SourceError(path, f"cannot read index ({err})") from err
+    if rows and not {"trial", "motion"} <= set(rows[0]):
+        raise SourceError(path, "index needs at least the columns 'trial' and 'motion'")
+    out = {}
+    for row in rows:
+        trial = (row.get("trial") or "").strip()
+        if trial and trial != "-":
+            out[trial] = row
+    return out
+
+
+def read_labels(folder: Path, params: Any, used: list[Path]) -> dict[str, dict[str, str]]:
+    """Rows of ``index_file`` (when present) updated by those of ``labels_csv`` (when set), by trial
+    (``params``: a ``mocap.MocapParams``)."""
+    index: dict[str, dict[str, str]] = {}
+    if params.index_file and (folder / params.index_file).is_file():
+        index = _read_index(folder / params.index_file)
+        used.append(folder / params.index_file)
+    if params.labels_csv:
+        path = _resolve(folder, params.labels_csv)
+        if not path.is_file():
+            raise SourceError(path, "labels_csv does not exist")
+        for trial, row in _read_index(path, ",").items():
+            index[trial] = {**index.get(trial, {}), **{k: v for k, v in row.items() if k and v}}
+        used.append(path)
+    return index
+
+
+def detect_format(folder: Path, wanted: str) -> str:
+    """The motion format of a source folder: ``wanted``, or for 'auto' the one kind of file in it."""
+    if wanted != "auto":
+        return wanted
+    found = {fmt: any(p.suffix.lower() == ext for p in folder.rglob("*")) for fmt, ext in (("acclaim", ".amc"), ("bvh", ".bvh"), ("amass", ".npz"))}
+    kinds = [k for k, v in found.items() if v]
+    if len(kinds) == 1:
+        return kinds[0]
+    if not kinds:
+        raise MocapFormatError(folder, None, "no AMC, BVH or AMASS .npz files in the folder (searched recursively)")
+    raise MocapFormatError(folder, None, f"the folder holds {' and '.join(kinds)} files: set prepare_mocap.format to one of them")
 
 
 def _subject(rel: Path) -> str:
@@ -34,8 +109,6 @@ def _subject(rel: Path) -> str:
 
 def load_other_trials(folder: Path, fmt: str, params: Any, progress: bool) -> tuple[Path, list[Any], list[Path]]:
     """(folder, trials sorted by file name, every file read) of a BVH or AMASS folder."""
-    from preprocessing.mocap import UNLABELLED, Trial, read_labels
-
     suffix = {"bvh": ".bvh", "amass": ".npz"}[fmt]
     files = [p for p in folder.rglob("*") if p.suffix.lower() == suffix and p.is_file()]
     if fmt == "amass":

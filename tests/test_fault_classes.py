@@ -240,7 +240,7 @@ def _readers(tmp_path: Path) -> dict:
     from preprocessing.amass import read_amass
     from preprocessing.bvh import parse_bvh
     from preprocessing.meshes import read_obj, read_ply
-    from preprocessing.mocap import _read_index
+    from preprocessing.mocap_sources import _read_index
 
     cmu = SHIPPED_DATA / "cmu" / "09"
     skeleton = parse_asf(cmu / "09.asf")
