@@ -109,12 +109,12 @@ class Setting:
         return cls(**json.loads(text))
 
 
-def resolve(epochs: int, n_train: int, extra: dict[str, Any] | None = None) -> Setting:
-    """The setting from params.yaml with OVERRIDES (and `extra`), for `epochs` epochs over `n_train` images."""
-    from _params import constraint_config, jsonable, model_config, train_params
+def resolve(epochs: int, n_train: int, extra: dict[str, Any] | None = None, path: Path | str | None = None) -> Setting:
+    """The setting from params.yaml (or `path`) with OVERRIDES and `extra`, for `epochs` epochs over `n_train` images."""
+    from _params import PARAMS, constraint_config, jsonable, model_config, train_params
 
     overrides = {**OVERRIDES, "epochs": epochs, **(extra or {})}
-    params = train_params(overrides)
+    params = train_params(overrides, path or PARAMS)
     models = {m: dataclasses.asdict(model_config(params, DATASET, m, X_SHAPE, LIKELIHOOD)) for m in MODELS}
     constraint = dataclasses.asdict(constraint_config(params, DATASET, n_train))
     return Setting(overrides=jsonable(overrides), models=models, constraint=constraint, lr=params.lr,

@@ -77,7 +77,7 @@ def constraint_config(params, dataset: str, n_train: int):
 def describe(overrides: dict[str, Any]) -> str:
     """One line for a bench's printed output: what it changes in params.yaml."""
     if not overrides:
-        return "params.yaml train section, no overrides"
+        return "params.yaml, no overrides"
     return "params.yaml with overrides " + ", ".join(f"{k}={_plain(v)}" for k, v in overrides.items())
 
 

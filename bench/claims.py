@@ -30,9 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -43,30 +41,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 from _benchmarks_md import render_section  # noqa: E402
+from _claims_setting import (BUDGETS, DESCRIPTIONS, HELD_OUT_SUBJECT, QUICK, ROWS, SEEDS, base_params,  # noqa: E402
+                             evaluate_overrides, evaluate_params, read_params, row_folder, row_sweep,
+                             train_overrides, train_params)
 from _claims_summary import METRICS, markdown, summarise  # noqa: E402
+from _machine import cores_line  # noqa: E402
+from _params import PARAMS, apply_overrides, describe  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "claims.json"
 NOTE = "(rendered by bench/claims.py from bench/results/claims.json)"
-HELD_OUT_SUBJECT = "09"
-# row label -> (model, train.constraint overrides)
-ROWS = {
-    "vhp": ("vhp", {}),
-    "iwae": ("iwae", {}),
-    "iwae (warm-up)": ("iwae", {"variant": "warmup"}),
-    "vhp (no warm-up)": ("vhp", {"variant": "elbo"}),
-    "vhp-iw": ("vhp-iw", {}),
-}
-# data set -> (optimiser steps per run, training rows used (0 = all), test points in the log-likelihood)
-BUDGETS = {"cmu": (1000, 0, 100), "cmu09": (1000, 0, 100), "faces": (400, 0, 100),
-           "fashion_mnist": (1000, 10000, 100)}
-QUICK = {"cmu": (120, 0, 16), "cmu09": (120, 0, 16), "faces": (60, 0, 16), "fashion_mnist": (120, 2000, 16)}
-SEEDS = (0, 1, 2)
-DESCRIPTIONS = {
-    "cmu": "Shared CMU set without subject 09 (whole trials as split units, 30 fps)",
-    "cmu09": "CMU subject 09 alone, held out of every choice of defaults (whole trials as split units)",
-    "faces": "Surrey Face Model renders, 6 identities x 13 azimuths x 3 elevations x 3 lights",
-    "fashion_mnist": "Dynamically binarised Fashion-MNIST, a training subset, the fixed binarised test set",
-}
 # Columns kept from the evaluation's and the training's metrics.json beside METRICS.
 EXTRA = ("ll_samples", "ll_inner_samples", "ll_inner_samples_check", "ll_n_points", "ll_check_agrees",
          "test_log_likelihood_stderr", "test_log_likelihood_check", "ll_check_diff_stderr", "elbo")
@@ -75,10 +58,6 @@ EXTRA = ("ll_samples", "ll_inner_samples", "ll_inner_samples_check", "ll_n_point
 def shared() -> Path:
     env = os.environ.get("VHP_DATA_DIR")
     return Path(env) if env else ROOT.parent / "shared" / "data"
-
-
-def base_params() -> dict:
-    return yaml.safe_load((ROOT / "params.yaml").read_text())
 
 
 def cmu_subjects(source: Path) -> list[str]:
@@ -92,84 +71,51 @@ def prepare(name: str, work: Path) -> Path:
     out = work / "data" / f"{name}.zarr"
     if out.exists():
         return out
-    raw = base_params()
     if name in ("cmu", "cmu09"):
         source = shared() / "cmu"
         subjects = [HELD_OUT_SUBJECT] if name == "cmu09" else [s for s in cmu_subjects(source)
                                                                 if s != HELD_OUT_SUBJECT]
-        raw["prepare_mocap"].update(source=str(source), fallback_asf="01/01.asf", segment_frames=0,
-                                    subjects=subjects)
-        args = ["prepare", "mocap"]
+        stage, changes = "prepare_mocap", dict(source=str(source), fallback_asf="01/01.asf", segment_frames=0,
+                                               subjects=subjects)
     elif name == "faces":
         sfm = shared() / "sfm"
-        raw["prepare_faces"].update(source="sfm", model_path=str(sfm / "sfm_shape_3448.bin"),
-                                    blendshapes_path=str(sfm / "expression_blendshapes_3448.bin"),
-                                    n_identities=6, n_elevation=3, n_light=3)
-        args = ["prepare", "faces"]
+        stage, changes = "prepare_faces", dict(source="sfm", model_path=str(sfm / "sfm_shape_3448.bin"),
+                                               blendshapes_path=str(sfm / "expression_blendshapes_3448.bin"),
+                                               n_identities=6, n_elevation=3, n_light=3)
     elif name == "fashion_mnist":
-        args = ["prepare", "fashion_mnist"]
+        stage, changes = "prepare_fashion_mnist", {}
     else:
         raise SystemExit(f"unknown data set {name!r}; choose from {sorted(BUDGETS)}")
+    args = ["prepare", stage.removeprefix("prepare_")]
+    print(f"preparing {name}: {stage} of {describe(changes)}", flush=True)
     work.mkdir(parents=True, exist_ok=True)
     params = work / f"params-prepare-{name}.yaml"
-    params.write_text(yaml.safe_dump(raw))
+    params.write_text(yaml.safe_dump(apply_overrides(read_params(), stage, changes, PARAMS)))
     out.parent.mkdir(parents=True, exist_ok=True)
     if main([*args, "--out", str(out), "--params", str(params), "--no-progress"]) != 0:
         raise SystemExit(f"preparing {name} failed")
     return out
 
 
-def train_params(name: str, n_train: int, steps: int, rows: int, constraint: dict):
-    """params.yaml's train section for one data set at a fixed number of optimiser steps."""
-    from pipelines.params import TrainParams, section
-
-    raw = base_params()
-    t = raw["train"]
-    batches = math.ceil((min(n_train, rows) if rows else n_train) / t["batch_size"])
-    t.update(datasets=[name], models=["vhp"], epochs=max(1, math.ceil(steps / batches)),
-             max_train_samples=rows, checkpoint_every=10**9, log_every=20)
-    like = "mocap" if name.startswith("cmu") else name
-    for value in t.values():  # per-data-set tables: the new data set takes its kind's entry
-        if isinstance(value, dict) and "mocap" in value:
-            value[name] = value.get(like, next(iter(value.values())))
-    t["constraint"].update(constraint)
-    return section(TrainParams, raw, "train")
-
-
-def evaluate_params(points: int, quick: bool):
-    from pipelines.params import EvaluateParams, section
-
-    raw = base_params()
-    raw["evaluate"].update(ll_samples=32 if quick else 1000, ll_inner_samples=16,
-                           ll_inner_samples_check=32 if quick else 128, ll_points=points,
-                           grid_size=20 if quick else 60, graph_nodes=200 if quick else 1500,
-                           interp_pairs=3 if quick else 10, mf_points=100 if quick else 1000,
-                           max_train_points=1000 if quick else 10000)
-    return section(EvaluateParams, raw, "evaluate")
-
-
 def run_row(name: str, label: str, data: Path, seeds: tuple[int, ...], budget: tuple[int, int, int], quick: bool,
             out: Path) -> list[dict]:
     """Train and evaluate one row (model + constraint overrides) on one data set, every seed, through the sweep."""
-    from pipelines.params import BaseParams
     from pipelines.sweep.run import run_sweep
-    from preprocessing.store import open_dataset
 
-    model, constraint = ROWS[label]
+    _, constraint = ROWS[label]
     steps, rows, points = budget
-    n_train = int(open_dataset(data).train.x.shape[0])
+    n_train = n_train_of(data)
     sweep = row_sweep(name, label, seeds, out)
+    print(f"   {label}: {describe(train_overrides(name, n_train, steps, rows, constraint))}", flush=True)
     run_sweep(sweep, train_params(name, n_train, steps, rows, constraint), evaluate_params(points, quick),
-              BaseParams(seed=0, threads=0, device="cpu"), {name: data}, out)
+              base_params(), {name: data}, out)
     return read_records(name, label, sweep, out)
 
 
-def row_sweep(name: str, label: str, seeds: tuple[int, ...], out: Path):
-    """The sweep of one row: one data set, kappa auto, the row's model, every seed."""
-    from pipelines.params import SweepParams
+def n_train_of(data: Path) -> int:
+    from preprocessing.store import open_dataset
 
-    return SweepParams(datasets=(name,), kappa=("auto",), models=(ROWS[label][0],), seeds=seeds, task_runner="local",
-                       dask_address="", n_workers=1, out=str(out), epochs=0)
+    return int(open_dataset(data).train.x.shape[0])
 
 
 def read_records(name: str, label: str, sweep, out: Path) -> list[dict]:
@@ -231,8 +177,8 @@ def main(argv: list[str] | None = None) -> int:
         data = prepare(name, work)
         print(f"== {name}: {budgets[name][0]} steps a run, seeds {seeds}, rows {args.rows}", flush=True)
         records = []
-        for i, label in enumerate(args.rows):
-            records += run_row(name, label, data, seeds, budgets[name], args.quick, work / "runs" / name / f"row{i}")
+        for label in args.rows:
+            records += run_row(name, label, data, seeds, budgets[name], args.quick, row_folder(work, name, label))
         ev = evaluate_params(budgets[name][2], args.quick)
         results["records"] = [r for r in results["records"] if r["dataset"] != name] + records
         results["runs"][name] = {
@@ -241,7 +187,11 @@ def main(argv: list[str] | None = None) -> int:
             "evaluate": {k: getattr(ev, k) for k in ("ll_points", "ll_samples", "ll_inner_samples",
                                                        "ll_inner_samples_check", "graph_nodes", "interp_pairs")},
             "seconds": time.perf_counter() - t0, "load_before": load_before, "load_after": os.getloadavg(),
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch threads = cores",
+            "machine": f"{cores_line()}, torch threads = cores",
+            "overrides": {"evaluate": evaluate_overrides(budgets[name][2], args.quick),
+                          "train": {label: train_overrides(name, n_train_of(data), budgets[name][0],
+                                                           budgets[name][1], ROWS[label][1])
+                                    for label in args.rows}},
             "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         }
         results["summary"] = summarise(results["records"])
@@ -265,10 +215,10 @@ def reread(args: argparse.Namespace) -> int:
         run = results["runs"].get(name)
         if run is None:
             raise SystemExit(f"{target}: no run of {name} to read again")
-        records = [rec for i, label in enumerate(run["rows"])
+        records = [rec for label in run["rows"]
                    for rec in read_records(name, label, row_sweep(name, label, tuple(run["seeds"]),
-                                                                  work / "runs" / name / f"row{i}"),
-                                           work / "runs" / name / f"row{i}")]
+                                                                  row_folder(work, name, label)),
+                                           row_folder(work, name, label))]
         results["records"] = [r for r in results["records"] if r["dataset"] != name] + records
     results["summary"] = summarise(results["records"])
     target.write_text(json.dumps(results, indent=1, default=str) + "\n")

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -40,12 +39,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 from _benchmarks_md import render_section  # noqa: E402
-from claims import BUDGETS, ROWS  # noqa: E402
+from _claims_setting import BUDGETS, ROWS, row_folder  # noqa: E402
+from _machine import cores_line  # noqa: E402
 
 from pipelines.checkpoint import load_model  # noqa: E402
 from pipelines.evaluate.stage import test_inputs  # noqa: E402
 from vhp_core import HierarchicalPrior  # noqa: E402
-from vhp_core.networks import evaluation_precision, set_precision  # noqa: E402
+from vhp_core.networks import set_precision  # noqa: E402
+from vhp_core.precision import evaluation_precision  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "heldout_gap.json"
 NOTE = "(rendered by bench/heldout_gap.py from bench/results/heldout_gap.json)"
@@ -125,8 +126,7 @@ def mean_sd(values: list[float]) -> dict[str, float | None]:
 
 
 def run_folder(work: Path, dataset: str, label: str, seed: int) -> Path:
-    row = list(ROWS).index(label)
-    return work / "runs" / dataset / f"row{row}" / dataset / ROWS[label][0] / "kappa=auto" / f"seed={seed}"
+    return row_folder(work, dataset, label) / dataset / ROWS[label][0] / "kappa=auto" / f"seed={seed}"
 
 
 def measure(folder: Path, x_train: np.ndarray, x_test: np.ndarray, codes: int, seed: int) -> dict:
@@ -353,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
                         "budgets": {"points": args.points, "codes": args.codes, "k": [K_SMALL, K_LARGE],
                                     "claims_steps": BUDGETS[name][0], "claims_ll_points": BUDGETS[name][2]},
                         "threads": torch.get_num_threads(), "load_before": load_before,
-                        "load_after": os.getloadavg(), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+                        "load_after": os.getloadavg(), "machine": cores_line(),
                         "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())})
             results["runs"][name] = run
             target.parent.mkdir(parents=True, exist_ok=True)

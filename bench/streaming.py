@@ -19,35 +19,38 @@ different chunk) against batches drawn from a window of a few chunks (a
 permutation shuffled within windows of consecutive chunks, the windows in random
 order), to show what a chunk-aware shuffle would gain.
 
-Run: .venv/bin/python bench/streaming.py   (writes bench/results/streaming.json)
+Run: .venv/bin/python bench/streaming.py   (writes bench/results/streaming.json, or --out)
 The figures are printed and recorded, never asserted.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "bench"), str(ROOT)]
+from _machine import current_rss_mb, peak_rss_mb  # noqa: E402
+from _params import describe, jsonable, train_params  # noqa: E402
+
 RESULTS = ROOT / "bench" / "results" / "streaming.json"
+# the prepare stage's params.yaml section with these keys changed: the shared set, every frame, whole trials
+PREPARE_OVERRIDES = {"fallback_asf": "01/01.asf", "frame_step": 1, "segment_frames": 0}
 
 
-def rss_mb() -> float:
-    """Current resident set size (Linux /proc), MB."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+BUDGETS_MB = {"in_memory": 10**6, "streamed": 0}  # train.memory_budget_mb of each mode
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports kB
+def train_overrides(batch_size: int) -> dict:
+    """What each setting changes in params.yaml's train section (and train.memory_budget_mb: BUDGETS_MB)."""
+    return {"batch_size": batch_size, "epochs": 1000, "checkpoint_every": 10**9, "log_every": 50,
+            "datasets": ["mocap"], "models": ["vhp"]}
 
 
 def cmu_source() -> Path:
@@ -67,7 +70,7 @@ def prepare_groups(work: Path, repeat: int) -> tuple[Path, Path]:
     one, many = work / "cmu_1x.zarr", work / f"cmu_{repeat}x.zarr"
     if not one.exists():
         params = load_section(MocapParams, "prepare_mocap", ROOT / "params.yaml", source=str(cmu_source()),
-                              fallback_asf="01/01.asf", frame_step=1, segment_frames=0)
+                              **PREPARE_OVERRIDES)
         t0 = time.perf_counter()
         prepare(params, one, progress=False)
         print(f"prepared {one} in {time.perf_counter() - t0:.1f} s")
@@ -94,22 +97,19 @@ def child(data: Path, budget_mb: int, steps: int, batch_size: int, work: Path) -
 
     from pipelines.train.data import load_training_data
     from pipelines.train.fit import fit
-    from pipelines.params import TrainParams, read_yaml, section
     from pipelines.runtime import set_determinism, set_threads
     from pipelines.train.flow import constraint_config, model_config
     from preprocessing.store import open_dataset
     from vhp_core import build_model
 
     set_threads(1)
-    rss_imports = rss_mb()
-    params = section(TrainParams, read_yaml(ROOT / "params.yaml"), "train")
-    params = dataclasses.replace(params, batch_size=batch_size, memory_budget_mb=budget_mb, epochs=1000,
-                                 checkpoint_every=10**9, log_every=50, datasets=("mocap",), models=("vhp",))
+    rss_imports = current_rss_mb()
+    params = train_params({**train_overrides(batch_size), "memory_budget_mb": budget_mb})
     t0 = time.perf_counter()
     dataset = open_dataset(data, check_values=False)
     train = load_training_data(dataset, params)
     load_seconds = time.perf_counter() - t0
-    rss_loaded = rss_mb()
+    rss_loaded = current_rss_mb()
     config = model_config(params, "mocap", "vhp", dataset.x_shape, dataset.likelihood)
     set_determinism(0)
     model = build_model(config)
@@ -169,6 +169,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--repeat", type=int, default=10)
     parser.add_argument("--read-batches", type=int, default=20)
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results JSON")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--budget-mb", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -177,10 +178,12 @@ def main() -> None:
         print(json.dumps(child(Path(args.child), args.budget_mb, args.steps, args.batch_size, work)))
         return
     work.mkdir(parents=True, exist_ok=True)
+    print(f"data: prepare_mocap of {describe(PREPARE_OVERRIDES)}; training: "
+          f"{describe(train_overrides(args.batch_size))}, memory_budget_mb per mode {BUDGETS_MB}", flush=True)
     one, many = prepare_groups(work, args.repeat)
     settings = []
     for scale, path in (("1x", one), (f"{args.repeat}x", many)):
-        for mode, budget in (("in_memory", 10**6), ("streamed", 0)):
+        for mode, budget in BUDGETS_MB.items():
             proc = subprocess.run([sys.executable, __file__, "--child", str(path), "--budget-mb", str(budget),
                                    "--steps", str(args.steps), "--batch-size", str(args.batch_size),
                                    "--work", str(work)],
@@ -196,13 +199,15 @@ def main() -> None:
           f"{reads['random_seconds_per_batch'] * 1e3:.1f} ms/batch ({reads['random_chunks_per_batch']} chunks), "
           f"chunk-window shuffle {reads['chunk_window_seconds_per_batch'] * 1e3:.1f} ms/batch "
           f"({reads['chunk_window_chunks_per_batch']} chunks)")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
         "steps": args.steps, "batch_size": args.batch_size, "repeat": args.repeat, "torch_threads": 1,
         "settings": settings, "reads": reads,
+        "overrides": {"prepare_mocap": PREPARE_OVERRIDES,
+                      "train": jsonable(train_overrides(args.batch_size)), "memory_budget_mb": BUDGETS_MB},
     }, indent=1) + "\n")
-    print(f"wrote {RESULTS}")
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -48,3 +48,35 @@ def test_markdown_of_a_run() -> None:
     text = markdown({"format": 2, "runs": {"d": run}, "records": recs, "summary": summarise(recs)})
     assert "S = 7" in text and "5 test points" in text and "K_eval = 16" in text
     assert "**win**" in text and "the prior" in text
+
+
+def _params_file(tmp_path: Path, edit) -> Path:
+    import yaml
+
+    raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    edit(raw["train"])
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.mark.parametrize("table", ["kappa", "gaussian_std", "network"])
+def test_claims_refuses_a_data_set_whose_kind_has_no_entry(tmp_path: Path, table: str) -> None:
+    """cmu takes the mocap entries; without one the run refuses in one line naming the key, never takes the first."""
+    from _claims_setting import train_params
+
+    path = _params_file(tmp_path, lambda t: t[table].pop("mocap"))
+    with pytest.raises(SystemExit, match=rf"params.yaml: train\.{table}\.mocap: missing key"):
+        train_params("cmu", 500, 100, 0, {}, path)
+
+
+def test_claims_gives_a_new_data_set_its_kinds_entries(tmp_path: Path) -> None:
+    from _claims_setting import train_params
+
+    def edit(t: dict) -> None:
+        t["kappa"] = {"faces": 0.5, "mocap": 0.7, "fashion_mnist": "auto"}  # mocap is not the first entry
+        t["gaussian_std"] = {"faces": 0.3, "mocap": "learned", "fashion_mnist": "calibrated"}
+
+    params = train_params("cmu09", 640, 100, 0, {"variant": "warmup"}, _params_file(tmp_path, edit))
+    assert params.datasets == ("cmu09",) and params.kappa["cmu09"] == 0.7 and params.gaussian_std["cmu09"] == "learned"
+    assert params.constraint.variant == "warmup" and params.epochs == 10  # 100 steps at 10 batches of 64 an epoch

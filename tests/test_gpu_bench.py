@@ -117,3 +117,66 @@ def test_section_shows_graphed_rows_with_speedup():
     text = section(r)
     assert "| ours/vae (one CUDA graph per step) | fp32 | 80,000 | 4.00 |" in text
     assert "adopted" in text and "phases tests from an earlier run" in text
+
+
+def _params_file(tmp_path: Path, edit) -> Path:
+    import yaml
+
+    raw = yaml.safe_load((BENCH.parent / "params.yaml").read_text())
+    edit(raw["train"])
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_the_setting_is_params_yaml_with_the_stated_overrides(tmp_path):
+    """The model and constraint follow the params file wherever the comparison does not override them."""
+    from _compare_setting import OVERRIDES, resolve
+
+    def edit(t: dict) -> None:
+        t["model"].update(activation="relu", k_iw=7, n_pseudo=50, prior_hidden=[64], latent_dim=3)
+        t["constraint"].update(alpha=0.9, auto_max_fraction=0.5)
+        t["lr"] = 0.002
+
+    s = resolve(2, 1000, path=_params_file(tmp_path, edit))
+    c = s.model_config("vhp", "bf16")
+    assert (c.latent_dim, c.hidden, c.zeta_dim, c.k_inner, c.precision) == (40, (300, 300), 40, 10, "bf16")
+    assert (c.activation, c.k_iw, c.n_pseudo, c.prior_hidden) == ("relu", 7, 50, (64,))
+    k = s.constraint_config()
+    assert k.alpha == 0.9 and k.kappa is None and k.auto_max_steps == 10  # 0.5 x 2 epochs x 10 batches of 100
+    assert s.lr == 0.002 and s.batch_size == 100 and s.overrides == {**OVERRIDES, "epochs": 2}
+    assert s.record()["activation"] == "relu" and s.record()["latent_dim"] == 40
+
+
+def test_an_override_of_a_key_the_params_file_lacks_is_refused():
+    from _params import train_params
+
+    from pipelines.params import ParamsError
+
+    with pytest.raises(ParamsError, match=r"train\.model\.latent_size: missing key"):
+        train_params({"model.latent_size": 40})
+    assert train_params({"kappa.cmu09": 0.5}).kappa["cmu09"] == 0.5  # a per-data-set table takes a new data set
+
+
+def test_the_carried_setting_replaces_the_pipeline_where_it_is_missing(tmp_path, monkeypatch):
+    """Without the pipeline the setting comes from the carried file, the same configs, for the same run only."""
+    import _compare_setting
+    from _gpu_setup import gpu_setting
+
+    here = _compare_setting.resolve(1, 600)
+    carried = tmp_path / "setting.json"
+    carried.write_text(here.to_json())
+
+    def no_pipeline(*args, **kwargs):
+        raise ModuleNotFoundError("No module named 'prefect'", name="prefect")
+
+    monkeypatch.setattr(_compare_setting, "resolve", no_pipeline)
+    there, source = gpu_setting(1, 600, carried)
+    assert str(carried) in source
+    for model in ("vae", "iwae", "vhp"):
+        assert there.model_config(model, "bf16") == here.model_config(model, "bf16")
+    assert there.constraint_config() == here.constraint_config()
+    with pytest.raises(SystemExit, match="over 600 images, this run trains 2 over 600"):
+        gpu_setting(2, 600, carried)
+    with pytest.raises(SystemExit, match="no prefect"):
+        gpu_setting(1, 600, tmp_path / "absent.json")
