@@ -13,7 +13,9 @@ The local runner trains one point at a time with all cores (torch threads =
 cores); the Dask runner trains two at a time, one process and one torch thread
 each. The two result tables must agree (each point seeds itself), which is
 checked and recorded. A last run repeats the Dask sweep into the same folder to
-time a rerun where every point is finished and skipped.
+time a rerun where every point is finished and comes from Prefect's cache (only
+while the project's dvc.lock records the train stage; otherwise every point trains
+again, and the record says `"reuse": false`).
 
 Run: .venv/bin/python bench/sweep.py   (writes bench/results/sweep.json and
 /tmp/vhp_bench_sweep/{local,dask}/results.{csv,md,png})
@@ -62,7 +64,7 @@ def prepare_mocap(work: Path) -> Path:
 def child(runner: str, work: Path, out: Path) -> dict:
     """Run the sweep once in this process; returns the wall time and what ran."""
     from pipelines.params import BaseParams, EvaluateParams, SweepParams, TrainParams, read_yaml, section
-    from pipelines.sweep.run import run_sweep
+    from pipelines.sweep.run import PROJECT_LOCK, run_sweep, train_code_key
 
     raw = read_yaml(ROOT / "params.yaml")
     train = dataclasses.replace(section(TrainParams, raw, "train"), max_train_samples=MAX_TRAIN_SAMPLES,
@@ -78,6 +80,8 @@ def child(runner: str, work: Path, out: Path) -> dict:
         "points": len(rows),
         "rows": len(rows),
         "sum_point_seconds": round(sum(r["seconds"] for r in rows), 1),
+        # finished points are reused only while the project's dvc.lock records the train stage
+        "reuse": train_code_key(PROJECT_LOCK) is not None,
     }
 
 
@@ -110,9 +114,9 @@ def main() -> None:
         row = json.loads(proc.stdout.strip().splitlines()[-1])
         row["process_seconds"] = round(time.perf_counter() - start, 1)
         runs.append(row)
-        print(f"{runner:>5}: {row['points']} points ({row['trained']} trained, {row['skipped']} skipped) "
-              f"in {row['wall_seconds']} s (process {row['process_seconds']} s; "
-              f"sum of point times {row['sum_point_seconds']} s)")
+        print(f"{runner:>5}: {row['points']} points in {row['wall_seconds']} s (process {row['process_seconds']} s; "
+              f"sum of point times {row['sum_point_seconds']} s; reuse of finished points "
+              f"{'on' if row['reuse'] else 'off: no train stage in dvc.lock'})")
     identical = table(work / "local" / "results.csv") == table(work / "dask" / "results.csv")
     print(f"local and Dask results identical: {identical}")
     print((work / "dask" / "results.md").read_text())

@@ -247,7 +247,7 @@ class SweepParams:
     dask_address: str    # scheduler address (tcp://host:8786); empty = a LocalCluster
     n_workers: int       # LocalCluster worker processes (one thread each)
     out: str
-    epochs: int          # 0 = train.epochs
+    epochs: int | None   # None (null in params.yaml) = train.epochs
 
     def __post_init__(self) -> None:
         for name in ("datasets", "kappa", "models", "seeds"):
@@ -260,5 +260,6 @@ class SweepParams:
             _check(model in MODEL_NAMES, f"models: unknown model {model!r}")
         _check(self.task_runner in ("local", "dask"), f"task_runner must be local or dask, got {self.task_runner!r}")
         _check(self.n_workers >= 1, f"n_workers must be >= 1, got {self.n_workers}")
-        _check(self.epochs >= 0, f"epochs must be >= 0 (0 = train.epochs), got {self.epochs}")
+        _check(self.epochs is None or self.epochs >= 1,
+               f"epochs must be >= 1 or null (= train.epochs), got {self.epochs}")
         _check(bool(self.out), "out must name a folder")

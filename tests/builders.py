@@ -151,7 +151,8 @@ def faces_params(path: Path) -> Path:
     return write_params(path, train=FACES_RUN)
 
 
-def expected_steps(data: Path | str, epochs: int = FACES_RUN["epochs"], batch_size: int = FACES_RUN["batch_size"]) -> int:
+def expected_steps(data: Path | str, epochs: int = FACES_RUN["epochs"],
+                   batch_size: int = FACES_RUN["batch_size"]) -> int:
     """Optimiser steps of the shrunk run: epochs x ceil(training rows / batch); val rows are not trained on."""
     from preprocessing.store import open_dataset
 

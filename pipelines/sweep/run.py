@@ -17,12 +17,15 @@ with one thread each, or the scheduler at ``sweep.dask_address``. Every point
 seeds itself, so a point gives the same numbers on either runner.
 
 Reuse of finished points is Prefect's own task caching: the point task's cache
-policy covers its inputs (the point, the train and evaluate params, the device,
-the data's fingerprint and a fingerprint of the project's code) and the task's
-source, and its result (the point's row) is persisted under ``<out>/.prefect``.
-A rerun with nothing changed returns every row from the cache; a point whose
-inputs changed is trained again, resuming from its own checkpoint when an
-earlier run was interrupted. The results are
+policy covers its inputs (the point, its train and evaluate params, the device,
+the data's fingerprint and what ``dvc.lock`` records of the train stage's code
+dependencies) and the task's source, and its result (the point's row) is persisted
+under ``<out>/.prefect``. Whether the code changed is DVC's answer, not a hash of
+our own: the key follows ``dvc.lock`` as the last ``dvc repro`` (or ``dvc commit``)
+of the train stage left it. Without a ``dvc.lock`` that records the train stage,
+no point is reused (one line says so). A rerun with nothing changed returns every
+row from the cache; a point whose inputs changed is trained again, resuming from
+its own checkpoint when an earlier run was interrupted. The results are
 gathered into ``results.csv`` (one row a point), ``results.md`` (mean +- sd over
 seeds) and ``results.png`` (test log-likelihood and kNN accuracy against kappa,
 one line a model, error bars one sd over seeds).
@@ -38,7 +41,7 @@ import contextlib
 import dataclasses
 import hashlib
 import itertools
-import math
+import json
 import os
 import sys
 import time
@@ -51,9 +54,11 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import INPUTS, NONE, TASK_SOURCE
 
 from pipelines.errors import SweepError
-from pipelines.params import EvaluateParams, SweepParams, TrainParams
+from pipelines.params import EvaluateParams, ParamsError, SweepParams, TrainParams
 from pipelines.sweep.results import aggregate, results_markdown, write_results  # noqa: F401
 
+TRAIN_STAGE = "train"  # dvc.yaml's stage (a matrix: train@<dataset>-<model>) that a point repeats
+PROJECT_LOCK = Path(__file__).resolve().parents[2] / "dvc.lock"  # the lock of the project this code is in
 
 
 @dataclass(frozen=True)
@@ -92,7 +97,7 @@ def point_train_params(train: TrainParams, sweep: SweepParams, point: GridPoint)
         datasets=(point.dataset,),
         models=(point.model,),
         kappa={**train.kappa, point.dataset: point.kappa},
-        epochs=sweep.epochs or train.epochs,
+        epochs=train.epochs if sweep.epochs is None else sweep.epochs,
     )
 
 
@@ -104,15 +109,26 @@ def data_fingerprint(data_path: Path) -> str:
     return data_id_of(open_dataset(Path(data_path), check_values=False))
 
 
-def code_fingerprint() -> str:
-    """A hash of the project's training and evaluation code (vhp_core/, pipelines/, preprocessing/)."""
-    root = Path(__file__).resolve().parents[1]
-    digest = hashlib.sha256()
-    for folder in ("vhp_core", "pipelines", "preprocessing"):
-        for path in sorted((root / folder).rglob("*.py")):
-            digest.update(path.relative_to(root).as_posix().encode())
-            digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
+def train_code_key(lock: Path) -> str | None:
+    """What ``lock`` (a dvc.lock) records of the train stage's code dependencies, as one key.
+
+    The hashes DVC stored for every dependency of every ``train`` / ``train@...`` entry,
+    except the data under ``data/`` (a point keys its data by the data's own
+    fingerprint); the params are the point's records, also inputs of the key. None when
+    the file is absent or records no train stage.
+    """
+    import yaml
+
+    if not Path(lock).is_file():
+        return None
+    stages = (yaml.safe_load(Path(lock).read_text()) or {}).get("stages") or {}
+    deps = sorted({json.dumps(dep, sort_keys=True)
+                   for name, stage in stages.items() if name == TRAIN_STAGE or name.startswith(f"{TRAIN_STAGE}@")
+                   for dep in stage.get("deps") or []
+                   if not str(dep.get("path", "")).startswith("data/")})
+    if not deps:
+        return None
+    return hashlib.sha256("\n".join(deps).encode()).hexdigest()[:16]
 
 
 def _summary_row(point: GridPoint, model_metrics: dict[str, Any], eval_metrics: dict[str, Any],
@@ -207,8 +223,8 @@ def build_task_runner(sweep: SweepParams) -> Any:
 
 @task(name="train-and-evaluate", cache_policy=INPUTS + TASK_SOURCE, persist_result=True)
 def point_task(point: GridPoint, data_path: str, point_dir: str, train: TrainParams, evaluate: EvaluateParams,
-               device: str, threads: int, data_id: str, code_id: str) -> dict[str, Any]:
-    """One grid point; ``data_id`` and ``code_id`` are inputs only so that the cache key covers them."""
+               device: str, threads: int, data_id: str, code_key: str | None) -> dict[str, Any]:
+    """One grid point; ``data_id`` and ``code_key`` are inputs only so that the cache key covers them."""
     return run_point(point, Path(data_path), Path(point_dir), train, evaluate, device, threads)
 
 
@@ -222,13 +238,14 @@ def gather_task(rows: list[dict[str, Any]], out: str) -> dict[str, str]:
 
 @flow(name="sweep", log_prints=True)
 def sweep_flow(plan: list[dict[str, Any]], out: str, evaluate: EvaluateParams, device: str,
-               threads: int) -> list[dict[str, Any]]:
-    code_id = code_fingerprint()
-    # the cache records live beside the sweep, where every worker (Dask processes too) looks them up
-    policy = (INPUTS + TASK_SOURCE).configure(key_storage=str(Path(out) / ".prefect" / "cache-keys"))
+               threads: int, code_key: str | None) -> list[dict[str, Any]]:
+    # the cache records live beside the sweep, where every worker (Dask processes too) looks them up;
+    # without DVC's record of the code there is nothing to key reuse on: every point runs
+    policy = NONE if code_key is None else (INPUTS + TASK_SOURCE).configure(
+        key_storage=str(Path(out) / ".prefect" / "cache-keys"))
     futures = [point_task.with_options(name=f"point-{item['point'].label}", cache_policy=policy).submit(
         item["point"], item["data_path"], item["point_dir"], item["train"], evaluate, device, threads,
-        item["data_id"], code_id) for item in plan]
+        item["data_id"], code_key) for item in plan]
     rows, failures = [], []
     for item, future in zip(plan, futures):
         try:
@@ -259,12 +276,23 @@ def plan_sweep(sweep: SweepParams, train: TrainParams, data_paths: dict[str, Pat
 
 
 def run_sweep(sweep: SweepParams, train: TrainParams, evaluate: EvaluateParams, base: Any,
-              data_paths: dict[str, Path], out: Path | None = None) -> list[dict[str, Any]]:
-    """Run (or finish) the sweep and write its results; returns one row a point."""
+              data_paths: dict[str, Path], out: Path | None = None,
+              lock: Path | None = None) -> list[dict[str, Any]]:
+    """Run (or finish) the sweep and write its results; returns one row a point.
+
+    ``lock`` is the project's dvc.lock (default: the one beside this code): finished points
+    are reused only while what it records of the train stage's code is unchanged
+    (``train_code_key``), and not at all without it.
+    """
     from prefect.filesystems import LocalFileSystem
 
     out = Path(out if out is not None else sweep.out).resolve()
     plan = plan_sweep(sweep, train, data_paths, out)
+    lock = Path(lock) if lock is not None else PROJECT_LOCK
+    code_key = train_code_key(lock)
+    if code_key is None:
+        print(f"sweep: {lock} records no {TRAIN_STAGE!r} stage (run `dvc repro {TRAIN_STAGE}` once): "
+              "every point is trained, none reused", file=sys.stderr)
     # Dask workers run one task a process: one torch thread each unless base.threads says otherwise.
     threads = base.threads or (1 if sweep.task_runner == "dask" else 0)
     runner_ctx = prefect_api_for_workers() if sweep.task_runner == "dask" else contextlib.nullcontext()
@@ -276,18 +304,33 @@ def run_sweep(sweep: SweepParams, train: TrainParams, evaluate: EvaluateParams, 
         storage.save(block, overwrite=True)
         run = sweep_flow.with_options(task_runner=build_task_runner(sweep),
                                       result_storage=f"local-file-system/{block}")
-        return run(plan, str(out), evaluate, base.device, threads)
+        return run(plan, str(out), evaluate, base.device, threads, code_key)
 
 
 # --------------------------------------------------------------------------- CLI
+
+def sweep_train_params(raw: dict[str, Any], sweep: SweepParams, path: Path | str) -> TrainParams:
+    """The ``train`` record the sweep's points start from; every data set of the sweep needs its own
+    ``train.gaussian_std`` and ``train.network`` entry (each point sets its own kappa)."""
+    from pipelines.params import section
+
+    train = section(TrainParams, raw, "train", path)
+    for dataset in sweep.datasets:
+        for table in ("gaussian_std", "network"):
+            if dataset not in getattr(train, table):
+                raise ParamsError(path, f"train.{table}.{dataset}",
+                                  f"missing key (sweep.datasets lists {dataset!r})")
+    return train
+
 
 def add_sweep_parser(sub: Any, func: Callable[[argparse.Namespace], int], help_: str) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "sweep", help=help_,
         description="Run the Prefect `sweep` flow over the grid of the params section `sweep:` "
                     "(datasets x models x kappa x seeds). Each point is one training and one "
-                    "evaluation in <out>/<dataset>/<model>/kappa=<k>/seed=<s>; points whose inputs and "
-                    "code are unchanged come from Prefect's task cache in <out>/.prefect. The task runner is sweep.task_runner: local (one point at a time) or "
+                    "evaluation in <out>/<dataset>/<model>/kappa=<k>/seed=<s>; points whose inputs are "
+                    "unchanged, and whose code dvc.lock records unchanged, come from Prefect's task cache in "
+                    "<out>/.prefect. The task runner is sweep.task_runner: local (one point at a time) or "
                     "dask (a LocalCluster of sweep.n_workers processes, or the scheduler at "
                     "sweep.dask_address). Writes results.csv, results.md and results.png in <out>.")
     p.add_argument("--data-dir", default="data/processed",
@@ -295,6 +338,9 @@ def add_sweep_parser(sub: Any, func: Callable[[argparse.Namespace], int], help_:
     p.add_argument("--out", default=None, help="sweep folder (default: sweep.out)")
     p.add_argument("--dry-run", action="store_true", help="list the points' folders and stop")
     p.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
+    p.add_argument("--lock", default="dvc.lock",
+                   help="the project's dvc.lock; points are reused while it records the train stage's code "
+                        "unchanged, and not at all without it (default: %(default)s)")
     p.set_defaults(func=func)
     return p
 
@@ -305,14 +351,7 @@ def run_sweep_cli(args: argparse.Namespace) -> int:
     raw = read_yaml(args.params)
     sweep = section(SweepParams, raw, "sweep", args.params)
     base = section(BaseParams, raw, "base", args.params)
-    # The sweep's data sets need no entry in train.kappa/gaussian_std/network: each point sets its kappa,
-    # and data sets absent from the tables take the first data set's entries.
-    train_raw = dict(raw.get("train") or {})
-    for table in ("kappa", "gaussian_std", "network"):
-        values = dict(train_raw.get(table) or {})
-        fallback = next(iter(values.values()), None)
-        train_raw[table] = {**{d: fallback for d in sweep.datasets}, **values}
-    train = section(TrainParams, {"train": train_raw}, "train", args.params)
+    train = sweep_train_params(raw, sweep, args.params)
     evaluate = section(EvaluateParams, raw, "evaluate", args.params)
     out = Path(args.out or sweep.out)
     data_paths = {d: Path(args.data_dir) / f"{d}.zarr" for d in sweep.datasets}
@@ -321,7 +360,7 @@ def run_sweep_cli(args: argparse.Namespace) -> int:
             print(out / point.folder)
         return 0
     t0 = time.perf_counter()
-    rows = run_sweep(sweep, train, evaluate, base, data_paths, out)
+    rows = run_sweep(sweep, train, evaluate, base, data_paths, out, lock=Path(args.lock))
     print(f"sweep of {len(rows)} points in {time.perf_counter() - t0:.1f} s (finished points come from "
           f"Prefect's cache): {out / 'results.md'}, {out / 'results.csv'}, {out / 'results.png'}")
     print((out / "results.md").read_text())
