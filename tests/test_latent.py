@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from scipy.spatial.distance import pdist
 
-from pipelines.evaluate.figures import principal_plane
+from pipelines.evaluate.plane import principal_plane
 from pipelines.evaluate.latent import (
     active_units,
     arc_length_indices,
@@ -24,6 +24,7 @@ from pipelines.evaluate.latent import (
     off_data_distance,
     refine_polyline,
     segment_samples,
+    smoothness_subset,
     step_evenness,
     typical_nn_distance,
     straight_line,
@@ -177,12 +178,15 @@ def test_trajectory_smoothness_of_circles_and_of_shuffled_frames() -> None:
         trial.append(np.full(200, t))
         frame.append(frames)
     z, trial, frame = np.concatenate(z), np.concatenate(trial), np.concatenate(frame)
-    smooth = trajectory_smoothness(z, trial, frame, rng=np.random.default_rng(0))
+    subset = smoothness_subset(len(z), np.random.default_rng(0), max_points=500)
+    smooth = trajectory_smoothness(z, trial, frame, subset)
     assert smooth < 0.05
-    scrambled = trajectory_smoothness(z, trial, rng.permutation(frame), rng=np.random.default_rng(0))
+    scrambled = trajectory_smoothness(z, trial, rng.permutation(frame), subset)
     assert scrambled > 10 * smooth
     # Scale-free: the same trajectories in a latent space ten times larger.
-    assert trajectory_smoothness(10 * z, trial, frame, rng=np.random.default_rng(0)) == pytest.approx(smooth)
+    assert trajectory_smoothness(10 * z, trial, frame, subset) == pytest.approx(smooth)
+    # The subset only estimates the median pairwise distance of all points.
+    assert trajectory_smoothness(z, trial, frame) == pytest.approx(smooth, rel=0.1)
 
 
 def test_trajectory_smoothness_needs_a_trial_with_two_frames() -> None:

@@ -28,13 +28,12 @@ from hypothesis import strategies as st
 from torch import nn
 
 from conftest import stage_params
-from pipelines.evaluate import latent
-from pipelines.evaluate import stage as evaluate
-from pipelines.evaluate.stage import _test_set_numbers, encode_means
-from pipelines.evaluate.latent_metrics import SCALE_DEPENDENT, interpolate_pairs, interpolation_numbers, latent_numbers
+from pipelines.evaluate.numbers import SCALE_DEPENDENT, evaluation_numbers, likelihood_numbers
+from pipelines.evaluate.record import query_record
 from pipelines.params import EvaluateParams
 from strategies import LatentMap, latent_axis_scalings, latent_similarities, seeds
-from vhp_core import ModelConfig, build_model
+from builders import model_config
+from vhp_core import build_model
 
 RTOL = 1e-6
 # A failing example already names its map and seed; shrinking it through model builds takes minutes.
@@ -42,7 +41,7 @@ NO_SHRINK = (Phase.explicit, Phase.reuse, Phase.generate)
 PARAMS = stage_params(
     EvaluateParams, "evaluate",
     batch_size=64, ll_samples=16, ll_inner_samples=4, ll_inner_samples_check=8, ll_points=12, max_train_points=200,
-    mf_points=60, knn_k=3, graph_nodes=80, graph_k=5, interp_pairs=3, line_steps=20, segment_steps=2,
+    mf_points=60, knn_k=3, graph_nodes=80, graph_k=5, interp_pairs=3, line_steps=20, segment_steps=2, grid_size=8,
 )
 
 
@@ -122,8 +121,8 @@ class _ZetaGivenZ(nn.Module):
 def mapped_model(name: str, seed: int, m: LatentMap | None) -> nn.Module:
     """A small random float64 model (the same for a seed), with its latent space mapped by m (None: identity)."""
     torch.manual_seed(seed)
-    model = build_model(ModelConfig(model=name, x_shape=(6,), likelihood="gaussian", hidden=(16, 16),
-                                    prior_hidden=(16,), k_inner=4, k_iw=3)).double().eval()
+    model = build_model(model_config(model=name, x_shape=(6,), likelihood="gaussian", hidden=(16, 16),
+                                     prior_hidden=(16,), k_inner=4, k_iw=3, std_calibration="none")).double().eval()
     a = torch.tensor(m.a if m is not None else ((1.0, 0.0), (0.0, 1.0)), dtype=torch.float64)
     b = torch.tensor(m.b if m is not None else (0.0, 0.0), dtype=torch.float64)
     model.encoder = _Encoder(model.encoder, a, b)
@@ -164,21 +163,19 @@ def motion_data(seed: int) -> SimpleNamespace:
 
 
 def every_figure(model: nn.Module, dataset: SimpleNamespace, seed: int, with_likelihood: bool) -> dict[str, Any]:
-    """The evaluate stage's numbers of a model, every random choice seeded by `seed`."""
+    """The evaluate stage's numbers of a model (passes 1 and 2), every random choice seeded by `seed`.
+
+    Without the likelihood, the numbers of the test-set pass (log-likelihood, loss terms) are left out.
+    """
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     generator = torch.Generator().manual_seed(seed)
-    x_test = evaluate.test_inputs(dataset)
-    out: dict[str, Any] = {}
-    if with_likelihood:
-        out.update(_test_set_numbers(model, {}, x_test, PARAMS, rng, generator, False))
-    mu = encode_means(model, x_test, PARAMS.batch_size)
-    numbers, scale = latent_numbers(model, dataset, x_test, mu, PARAMS, rng)
-    out.update(numbers)
-    pairs = latent.endpoint_pairs(len(mu), PARAMS.interp_pairs, rng, dataset.test.labels["motion"])
-    records, _ = interpolate_pairs(model, mu, pairs, PARAMS, generator, scale)
-    out.update(interpolation_numbers(records))
-    out["interp_pair_records"] = [{k: v for k, v in r.items() if not k.endswith("_z")} for r in records]
+    record = query_record(model, dataset, PARAMS, rng, generator,
+                          {"header": {}, "title": "", "final_lambda": None, "final_c_hat": None})
+    out, pairs = evaluation_numbers(record)
+    if not with_likelihood:
+        out = {k: v for k, v in out.items() if k not in likelihood_numbers(record)}
+    out["interp_pair_records"] = pairs
     return out
 
 

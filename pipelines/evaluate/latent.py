@@ -216,35 +216,44 @@ def linear_r2(train_z: np.ndarray, train_y: np.ndarray, test_z: np.ndarray, test
     return r2[0] if squeeze else r2
 
 
-def median_pairwise_distance(z: np.ndarray, max_points: int = 2000, rng: np.random.Generator | None = None) -> float:
-    """Median Euclidean distance between points of z (a random subset of max_points if larger)."""
+SMOOTHNESS_POINTS, NN_POINTS = 2000, 1000  # the most points `trajectory_smoothness`, `typical_nn_distance` use
+
+
+def smoothness_subset(n: int, rng: np.random.Generator, max_points: int = SMOOTHNESS_POINTS) -> np.ndarray | None:
+    """The points whose pairwise distances `trajectory_smoothness` takes the median of: None (all n) or a draw."""
+    return rng.choice(n, max_points, replace=False) if n > max_points else None
+
+
+def nn_subset(n: int, rng: np.random.Generator, max_points: int = NN_POINTS) -> np.ndarray | None:
+    """The reference points `typical_nn_distance` measures: None (all n) or a sorted draw of max_points."""
+    return np.sort(rng.choice(n, max_points, replace=False)) if n > max_points else None
+
+
+def has_trajectory(trial: np.ndarray) -> bool:
+    """Whether some trial has two or more frames (what `trajectory_smoothness` needs)."""
+    return bool(len(trial)) and int(np.unique(np.asarray(trial), return_counts=True)[1].max()) >= 2
+
+
+def median_pairwise_distance(z: np.ndarray, subset: np.ndarray | None = None) -> float:
+    """Median Euclidean distance between the points of z (those of the index ``subset`` when given)."""
     z = np.asarray(z, dtype=np.float64)
-    if len(z) > max_points:
-        rng = rng if rng is not None else np.random.default_rng(0)
-        z = z[rng.choice(len(z), max_points, replace=False)]
+    if subset is not None:
+        z = z[subset]
     if len(z) < 2:
         raise ValueError("need at least 2 points for a pairwise distance")
     return float(np.median(pdist(z)))
 
 
-def trajectory_smoothness(
-    z: np.ndarray,
-    trial: np.ndarray,
-    frame: np.ndarray,
-    max_points: int = 2000,
-    rng: np.random.Generator | None = None,
-) -> float:
+def trajectory_smoothness(z: np.ndarray, trial: np.ndarray, frame: np.ndarray, subset: np.ndarray | None = None) -> float:
     """Median over trials of the median consecutive-frame latent step, over the median pairwise distance.
 
     Frames of a trial are put in frame order; a step joins each frame to the
-    next one present. Dividing by the median pairwise latent distance makes the
-    number independent of the latent scale: small values mean that motions
-    trace smooth curves, values near 1 that consecutive frames land anywhere.
-    Trials with fewer than two frames are skipped.
+    next one present. Dividing by the median pairwise latent distance (over the
+    points of ``subset``, `smoothness_subset`) makes the number independent of
+    the latent scale: small values mean that motions trace smooth curves, values
+    near 1 that consecutive frames land anywhere. Trials of one frame are skipped.
     """
-    z = np.asarray(z, dtype=np.float64)
-    trial = np.asarray(trial)
-    frame = np.asarray(frame)
+    z, trial, frame = np.asarray(z, dtype=np.float64), np.asarray(trial), np.asarray(frame)
     per_trial = []
     for t in np.unique(trial):
         members = np.flatnonzero(trial == t)
@@ -254,7 +263,7 @@ def trajectory_smoothness(
         per_trial.append(np.median(np.linalg.norm(np.diff(ordered, axis=0), axis=1)))
     if not per_trial:
         raise ValueError("no trial has two or more frames")
-    return float(np.median(per_trial) / median_pairwise_distance(z, max_points, rng))
+    return float(np.median(per_trial) / median_pairwise_distance(z, subset))
 
 
 def segment_samples(z: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -366,15 +375,12 @@ def nearest_distances(queries: np.ndarray, reference: np.ndarray, exclude_self: 
     return out
 
 
-def typical_nn_distance(reference: np.ndarray, max_points: int = 1000, rng: np.random.Generator | None = None) -> float:
-    """Median distance of (a seeded subset of max_points) reference points to their nearest other one."""
+def typical_nn_distance(reference: np.ndarray, subset: np.ndarray | None = None) -> float:
+    """Median distance of reference points (those of the sorted index ``subset``, `nn_subset`) to their nearest other one."""
     r = np.asarray(reference, dtype=np.float64).reshape(len(reference), -1)
     if len(r) < 2:
         raise ValueError("need at least 2 reference points for a nearest-neighbour distance")
-    index = np.arange(len(r))
-    if len(r) > max_points:
-        rng = rng if rng is not None else np.random.default_rng(0)
-        index = np.sort(rng.choice(len(r), max_points, replace=False))
+    index = np.arange(len(r)) if subset is None else np.asarray(subset)
     order = np.concatenate([index, np.setdiff1d(np.arange(len(r)), index)])
     return float(np.median(nearest_distances(r[index], r[order], exclude_self=True)))
 

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from pipelines.checkpoint import atomic_torch_save, atomic_write_json, atomic_write_text, config_to_dict
+from pipelines.queries import mean_loss_terms, test_inputs
 from pipelines.train.diagnostics import constraint_diagnostics, lambda_moved, sigma_summary
 from pipelines.train.fit import CURVE_COLUMNS, FitResult
 from pipelines.train.validation import VAL_COLUMNS, val_tsv
@@ -32,8 +33,6 @@ def test_terms(model: torch.nn.Module, dataset: Any, seed: int, batch_size: int 
     The same inputs and means as the evaluate stage (its fixed binarised test copy
     for Bernoulli data), so the two stages' numbers agree.
     """
-    from pipelines.evaluate.stage import mean_loss_terms, test_inputs
-
     model.eval()
     state = torch.get_rng_state()
     torch.manual_seed(seed)

@@ -2,7 +2,7 @@
 
 The val split (whole trials/segments, or samples/identities, held out of the training
 side by the prepare stage) is scored with the same means as the test split
-(``pipelines.evaluate.stage.mean_loss_terms``: one z per point at a fixed seed, lambda = 1,
+(``pipelines.queries.mean_loss_terms``: one z per point at a fixed seed, lambda = 1,
 the model in eval mode, so a calibrated sigma is the stored one and is not updated).
 A model is a candidate only once its bound is the model's own bound: the prior trains
 and, with ``kappa: auto``, kappa has been chosen. The candidate with the highest val
@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipelines.queries import mean_loss_terms
 from vhp_core import ConstraintState
 
 VAL_COLUMNS = ("step", "train_elbo", "val_elbo", "train_reconstruction", "val_reconstruction", "candidate")
@@ -64,8 +65,6 @@ class Validation:
 
     @torch.no_grad()
     def terms(self, model: torch.nn.Module, x: np.ndarray | None = None) -> dict[str, float]:
-        from pipelines.evaluate.stage import mean_loss_terms
-
         was_training = model.training
         model.eval()
         rng = torch.get_rng_state()
