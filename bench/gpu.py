@@ -126,7 +126,7 @@ def training(args, deadline: Deadline, device: torch.device, data, pythae_ok: bo
                 rows[key] = graphed_row(model, setting, device, train_u8, args.epochs, cap, rows.get(f"ours/{model}/fp32", {}),
                                         test, args.lever_ll_samples, deadline.cap(20))
             elif kind == "ours":
-                from vhp_core.networks import resolve_precision
+                from vhp_core.precision import resolve_precision
 
                 runner = Ours(model, resolve_precision(precision, device), setting, device)
                 rows[key] = {**time_epochs(runner, batches, args.epochs, cap), "precision":
@@ -223,7 +223,7 @@ def profiles(args, deadline: Deadline, device: torch.device, data, results: dict
 def cpu_checks(args) -> dict[str, Any]:
     """What can be checked without a GPU: precision resolution, the data files, the setting, the estimator."""
     from vhp_core import build_model, log_likelihood
-    from vhp_core.networks import TF32_POLICY, resolve_precision
+    from vhp_core.precision import TF32_POLICY, resolve_precision
 
     out: dict[str, Any] = {"precision_auto_cpu": resolve_precision("auto", "cpu"), "tf32_policy": TF32_POLICY}
     if not (args.data_dir and Path(args.data_dir).is_dir()):
@@ -305,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     device = torch.device("cuda" if info["cuda"] and not args.force_cpu else "cpu")
     if device.type == "cuda":
-        from vhp_core.networks import TF32_POLICY, apply_tf32_policy
+        from vhp_core.precision import TF32_POLICY, apply_tf32_policy
 
         apply_tf32_policy()
         info["tf32_policy"] = TF32_POLICY

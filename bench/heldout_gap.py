@@ -43,7 +43,7 @@ from _claims_setting import BUDGETS, ROWS, row_folder  # noqa: E402
 from _machine import cores_line  # noqa: E402
 
 from pipelines.checkpoint import load_model  # noqa: E402
-from pipelines.evaluate.stage import test_inputs  # noqa: E402
+from pipelines.queries import test_inputs  # noqa: E402
 from vhp_core import HierarchicalPrior  # noqa: E402
 from vhp_core.networks import set_precision  # noqa: E402
 from vhp_core.precision import evaluation_precision  # noqa: E402
