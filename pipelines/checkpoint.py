@@ -161,15 +161,25 @@ def config_to_dict(config: "ModelConfig") -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
+# ModelConfig fields added after checkpoints were first written, with what a checkpoint
+# without them meant: the Gaussian sigma was fixed or learned, never calibrated.
+FIELDS_ADDED_LATER: dict[str, Any] = {"std_calibration": "none", "std_per_dim": False}
+
+
 def config_from_dict(data: dict[str, Any]) -> "ModelConfig":
+    """The ModelConfig stored in a checkpoint; a checkpoint older than a field in
+    ``FIELDS_ADDED_LATER`` gets that field's old meaning, any other missing field is refused."""
     from vhp_core import ModelConfig
 
     fields = {f.name for f in dataclasses.fields(ModelConfig)}
-    kwargs = {}
+    kwargs = {key: value for key, value in FIELDS_ADDED_LATER.items() if key not in data}
     for key, value in data.items():
         if key not in fields:
             raise CheckpointError(f"checkpoint config has unknown key {key!r}")
         kwargs[key] = tuple(value) if isinstance(value, list) else value
+    missing = sorted(fields - set(kwargs))
+    if missing:
+        raise CheckpointError(f"checkpoint config lacks {', '.join(map(repr, missing))}")
     return ModelConfig(**kwargs)
 
 

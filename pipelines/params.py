@@ -12,6 +12,7 @@ vhp_core's ``ModelConfig`` and ``ConstraintConfig`` are built from these records
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 from pipelines.params_file import (  # noqa: F401  (re-exported: the reader beside the records)
     DEFAULT_PARAMS,
@@ -22,7 +23,29 @@ from pipelines.params_file import (  # noqa: F401  (re-exported: the reader besi
     read_yaml,
     section,
 )
-from vhp_core.config import MODEL_NAMES
+from vhp_core.choices import (
+    CALIBRATIONS,
+    NETWORK_NAMES,
+    PRECISION_SETTINGS,
+    VARIANTS,
+    ActivationName,
+    Calibration,
+    NetworkName,
+    PrecisionSetting,
+    Variant,
+)
+from vhp_core.registry import MODEL_NAMES
+
+# The enumerated settings that only the pipeline reads; the model's own are vhp_core.choices.
+Device = Literal["cpu", "auto", "cuda"]
+LrSchedule = Literal["constant", "cosine", "step"]
+CalibrationFinal = Literal["train", "val"]  # sigma of training's error | refitted to the kept model's val error
+TaskRunner = Literal["local", "dask"]
+DEVICES: tuple[str, ...] = get_args(Device)
+LR_SCHEDULES: tuple[str, ...] = get_args(LrSchedule)
+CALIBRATION_FINALS: tuple[str, ...] = get_args(CalibrationFinal)
+TASK_RUNNERS: tuple[str, ...] = get_args(TaskRunner)
+
 AUTO = "auto"        # train.kappa.<dataset>: auto -> chosen from the data (METHOD §4)
 LEARNED = "learned"  # train.gaussian_std.<dataset>: learned -> a learned scalar sigma
 CALIBRATED = "calibrated"  # train.gaussian_std.<dataset>: sigma^2 = the mean squared error (train.calibration)
@@ -41,11 +64,11 @@ class BaseParams:
 
     seed: int
     threads: int   # torch threads; 0 = all cores
-    device: str    # cpu | auto | cuda
+    device: Device
 
     def __post_init__(self) -> None:
         _check(self.threads >= 0, f"threads must be >= 0, got {self.threads}")
-        _check(self.device in ("cpu", "auto", "cuda"), f"device must be cpu, auto or cuda, got {self.device!r}")
+        _check(self.device in DEVICES, f"device must be one of {DEVICES}, got {self.device!r}")
 
 
 @dataclass(frozen=True)
@@ -54,7 +77,7 @@ class ModelParams:
 
     latent_dim: int
     hidden: tuple[int, ...]
-    activation: str
+    activation: ActivationName
     zeta_dim: int
     prior_hidden: tuple[int, ...]
     k_inner: int
@@ -70,7 +93,7 @@ class ConstraintParams:
     run: at most this fraction of the run's steps (``ConstraintConfig.auto_max_steps``).
     """
 
-    variant: str
+    variant: Variant
     alpha: float
     nu: float
     tau: float
@@ -89,8 +112,7 @@ class ConstraintParams:
     auto_probe_share: float
 
     def __post_init__(self) -> None:
-        _check(self.variant in ("authors", "earlier", "warmup", "elbo"),
-               f"variant must be authors, earlier, warmup or elbo, got {self.variant!r}")
+        _check(self.variant in VARIANTS, f"variant must be one of {VARIANTS}, got {self.variant!r}")
         _check(0.0 < self.auto_max_fraction < 1.0,
                f"auto_max_fraction must be in (0, 1), got {self.auto_max_fraction}")
 
@@ -99,13 +121,13 @@ class ConstraintParams:
 class CalibrationParams:
     """``train.calibration``: the calibrated Gaussian decoder (``gaussian_std: calibrated``)."""
 
-    variant: str    # batch | average
+    variant: Calibration
     per_dim: bool   # one sigma per data dimension
-    final: str      # train: the sigma of training's error | val: refitted to the kept model's val error
+    final: CalibrationFinal
 
     def __post_init__(self) -> None:
-        _check(self.variant in ("batch", "average"), f"variant must be batch or average, got {self.variant!r}")
-        _check(self.final in ("train", "val"), f"final must be train or val, got {self.final!r}")
+        _check(self.variant in CALIBRATIONS, f"variant must be one of {CALIBRATIONS}, got {self.variant!r}")
+        _check(self.final in CALIBRATION_FINALS, f"final must be one of {CALIBRATION_FINALS}, got {self.final!r}")
 
 
 @dataclass(frozen=True)
@@ -117,12 +139,12 @@ class TrainParams:
     epochs: int
     batch_size: int
     lr: float
-    lr_schedule: str
+    lr_schedule: LrSchedule
     lr_min_factor: float
     warmup_steps: int
     checkpoint_every: int
     log_every: int
-    precision: str
+    precision: PrecisionSetting
     max_nonfinite: int
     max_train_samples: int
     memory_budget_mb: int
@@ -131,7 +153,7 @@ class TrainParams:
     kappa: dict[str, float | str]
     gaussian_std: dict[str, float | str]
     calibration: CalibrationParams
-    network: dict[str, str]
+    network: dict[str, NetworkName]
     model: ModelParams
     constraint: ConstraintParams
 
@@ -141,10 +163,10 @@ class TrainParams:
         for name in ("max_train_samples", "warmup_steps", "memory_budget_mb", "val_every"):
             _check(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
         _check(self.lr > 0, f"lr must be positive, got {self.lr}")
-        _check(self.lr_schedule in ("constant", "cosine", "step"),
-               f"lr_schedule must be constant, cosine or step, got {self.lr_schedule!r}")
+        _check(self.lr_schedule in LR_SCHEDULES, f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         _check(0.0 < self.lr_min_factor <= 1.0, f"lr_min_factor must be in (0, 1], got {self.lr_min_factor}")
-        _check(self.precision in ("auto", "fp32", "bf16"), f"precision must be auto, fp32 or bf16, got {self.precision!r}")
+        _check(self.precision in PRECISION_SETTINGS,
+               f"precision must be one of {PRECISION_SETTINGS}, got {self.precision!r}")
         for model in self.models:
             _check(model in MODEL_NAMES, f"models: unknown model {model!r} (known: {', '.join(MODEL_NAMES)})")
         for name, kappa in self.kappa.items():
@@ -154,7 +176,7 @@ class TrainParams:
             _check(std in (LEARNED, CALIBRATED) or (isinstance(std, float) and std > 0),
                    f"gaussian_std.{name} must be 'calibrated', 'learned' or a number > 0, got {std!r}")
         for name, net in self.network.items():
-            _check(net in ("mlp", "conv"), f"network.{name} must be mlp or conv, got {net!r}")
+            _check(net in NETWORK_NAMES, f"network.{name} must be one of {NETWORK_NAMES}, got {net!r}")
         for table in ("kappa", "gaussian_std", "network"):
             for dataset in self.datasets:
                 _check(dataset in getattr(self, table), f"{table} has no value for data set {dataset!r}")
@@ -243,7 +265,7 @@ class SweepParams:
     kappa: tuple[float | str, ...]
     models: tuple[str, ...]
     seeds: tuple[int, ...]
-    task_runner: str     # local | dask
+    task_runner: TaskRunner
     dask_address: str    # scheduler address (tcp://host:8786); empty = a LocalCluster
     n_workers: int       # LocalCluster worker processes (one thread each)
     out: str
@@ -258,7 +280,7 @@ class SweepParams:
             _check(k == AUTO or (isinstance(k, float) and k > 0), f"kappa values must be 'auto' or > 0, got {k!r}")
         for model in self.models:
             _check(model in MODEL_NAMES, f"models: unknown model {model!r}")
-        _check(self.task_runner in ("local", "dask"), f"task_runner must be local or dask, got {self.task_runner!r}")
+        _check(self.task_runner in TASK_RUNNERS, f"task_runner must be one of {TASK_RUNNERS}, got {self.task_runner!r}")
         _check(self.n_workers >= 1, f"n_workers must be >= 1, got {self.n_workers}")
         _check(self.epochs is None or self.epochs >= 1,
                f"epochs must be >= 1 or null (= train.epochs), got {self.epochs}")

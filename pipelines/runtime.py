@@ -11,13 +11,13 @@ import torch
 from filelock import FileLock, Timeout
 
 from pipelines.errors import RunLockedError, TrainingError
-from vhp_core.networks import apply_tf32_policy
+from vhp_core.precision import apply_tf32_policy
 
 
 def resolve_device(name: str) -> torch.device:
     """``auto``: CUDA when available, else CPU; ``cuda`` fails clearly without a GPU.
 
-    On CUDA the TF32 policy of ``vhp_core.networks`` is applied (fp32 stays IEEE fp32).
+    On CUDA the TF32 policy of ``vhp_core.precision`` is applied (fp32 stays IEEE fp32).
     """
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"

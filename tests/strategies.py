@@ -7,12 +7,14 @@ torch from a drawn seed (the drawn case records the seed and the ranges).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from hypothesis import strategies as st
 
-from vhp_core import MODEL_NAMES, REWO_VARIANTS, ConstraintConfig, HierarchicalPrior
+from builders import constraint_config
+from vhp_core import MODEL_NAMES, REWO_VARIANTS, RULES, ConstraintConfig, HierarchicalPrior
+from vhp_core.choices import LIKELIHOOD_NAMES
 
 DTYPE = torch.float64
 
@@ -22,8 +24,11 @@ zeta_dims = st.integers(min_value=1, max_value=3)
 data_dims = st.integers(min_value=1, max_value=6)
 batch_sizes = st.integers(min_value=1, max_value=9)
 model_names = st.sampled_from(MODEL_NAMES)
-rules = st.sampled_from(["rewo", "geco", "none"])
-likelihood_names = st.sampled_from(["gaussian", "bernoulli"])
+rules = st.sampled_from(RULES)
+# params.yaml's constraint, built once here (importing the pipeline inside a draw would
+# touch the global random state): the fields that constraint_configs does not draw.
+PARAMS_CONSTRAINT = constraint_config()
+likelihood_names = st.sampled_from(LIKELIHOOD_NAMES)
 # Log-weights as large as +-1e4 overflow exp() even in float64.
 extreme_log_weights = st.lists(st.floats(min_value=-1e4, max_value=1e4), min_size=1, max_size=50)
 
@@ -139,13 +144,15 @@ def constraint_configs(
     lambda_every in [1, 8]; step_min in [0.5, 1], step_max in [1, 2]; lambda_min =
     10^[-6, 0], lambda_max = 10^[0, 8]; lambda_init = 1, or (None) 10^u with u drawn in
     [log10 lambda_min, log10 lambda_max]; geco_nu in [1e-4, 1]; auto_slack in [0, 1];
-    auto_window in [1, 8]; auto_threshold in [0, 0.5]; auto_max_steps in [1, 60].
+    auto_window in [1, 8]; auto_threshold in [0, 0.5]; auto_max_steps in [1, 60]; the
+    probe's fields as params.yaml sets them.
     """
     kind = draw(st.sampled_from(["fixed", "auto"])) if kappa == "any" else kappa
     log_min = draw(st.floats(-6.0, 0.0))
     log_max = draw(st.floats(0.0, 8.0))
     init = 10.0 ** draw(st.floats(log_min, log_max)) if lambda_init is None else lambda_init
-    return ConstraintConfig(
+    return replace(
+        PARAMS_CONSTRAINT,
         kappa=draw(st.floats(0.05, 3.0)) if kind == "fixed" else None,
         variant=draw(st.sampled_from(REWO_VARIANTS)) if variant is None else variant,
         alpha=draw(st.one_of(st.just(0.0), st.floats(0.0, 0.999))),

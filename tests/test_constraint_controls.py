@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 
 from strategies import mixed_constraint_sequences
+from builders import constraint_config
 from vhp_core import ConstraintConfig
 from vhp_core.constraint import ConstraintState, objective_mode, rewo_update, update_constraint
 
@@ -26,8 +27,8 @@ def _run(values: list[float], cfg: ConstraintConfig, rule: str) -> list[Constrai
 @pytest.mark.parametrize("rule", ["rewo", "none", "geco"])
 def test_warmup_ends_where_rewo_ends_its_initial_phase_and_lambda_stays_one(rule: str) -> None:
     values = [1.0 / (1 + t) + 0.05 for t in range(1500)]
-    warm = _run(values, ConstraintConfig(variant="warmup", **CFG), rule)
-    authors_cfg = ConstraintConfig(variant="authors", **CFG)
+    warm = _run(values, constraint_config(variant="warmup", **CFG), rule)
+    authors_cfg = constraint_config(variant="authors", **CFG)
     state, rewo = ConstraintState.initial(authors_cfg, "rewo"), []
     for c in values:
         state = rewo_update(state, c, authors_cfg)
@@ -35,7 +36,7 @@ def test_warmup_ends_where_rewo_ends_its_initial_phase_and_lambda_stays_one(rule
     first = next(i for i, s in enumerate(rewo) if s.prior_active)
     assert next(i for i, s in enumerate(warm) if s.prior_active) == first
     assert warm[first].kappa_sq == pytest.approx(rewo[first].kappa_sq)
-    cfg = ConstraintConfig(variant="warmup", **CFG)
+    cfg = constraint_config(variant="warmup", **CFG)
     assert all(objective_mode(s, cfg, rule) == "reconstruction" for s in warm[:first])
     assert all(objective_mode(s, cfg, rule) == "lagrangian" and s.lambda_ == 1.0 for s in warm[first:])
 
@@ -43,7 +44,7 @@ def test_warmup_ends_where_rewo_ends_its_initial_phase_and_lambda_stays_one(rule
 @settings(deadline=None)
 @given(values=mixed_constraint_sequences())
 def test_elbo_variant_is_lambda_one_with_the_prior_on_from_step_one(values: list[float]) -> None:
-    cfg = ConstraintConfig(variant="elbo", **CFG)
+    cfg = constraint_config(variant="elbo", **CFG)
     assert ConstraintState.initial(cfg, "rewo").prior_active
     for state in _run(values, cfg, "rewo"):
         assert state.lambda_ == 1.0 and state.prior_active
@@ -52,4 +53,4 @@ def test_elbo_variant_is_lambda_one_with_the_prior_on_from_step_one(values: list
 
 def test_an_unknown_variant_is_refused() -> None:
     with pytest.raises(ValueError, match="variant"):
-        ConstraintConfig(kappa=None, variant="warm")
+        constraint_config(kappa=None, variant="warm")

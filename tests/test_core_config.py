@@ -1,4 +1,5 @@
-"""ModelConfig / ConstraintConfig validation: bad values fail with the field named."""
+"""ModelConfig / ConstraintConfig: no defaults (params.yaml supplies every value), and bad
+values fail with the field named."""
 
 from __future__ import annotations
 
@@ -6,9 +7,23 @@ import dataclasses
 
 import pytest
 
-from vhp_core import HIERARCHICAL_MODELS, MODEL_NAMES, ConstraintConfig, ModelConfig
+from builders import constraint_config, model_config
+from vhp_core import ConstraintConfig, ModelConfig
 
 BASE = {"model": "vhp", "x_shape": (62,), "likelihood": "gaussian"}
+
+
+@pytest.mark.parametrize(("record", "built"), [(ModelConfig, lambda: model_config(**BASE)),
+                                               (ConstraintConfig, constraint_config)])
+def test_configs_refuse_construction_without_any_field(record: type, built) -> None:
+    # params.yaml is the one source of these values: a default here would be a second one.
+    assert [f.name for f in dataclasses.fields(record) if f.default is not dataclasses.MISSING
+            or f.default_factory is not dataclasses.MISSING] == []
+    values = dataclasses.asdict(built())
+    for name in values:
+        with pytest.raises(TypeError, match=name):
+            record(**{k: v for k, v in values.items() if k != name})
+    assert record(**values) == built()
 
 
 @pytest.mark.parametrize(
@@ -35,17 +50,17 @@ BASE = {"model": "vhp", "x_shape": (62,), "likelihood": "gaussian"}
 )
 def test_model_config_rejects_bad_values(field: str, value: object) -> None:
     with pytest.raises(ValueError, match=field):
-        ModelConfig(**{**BASE, field: value})
+        model_config(**{**BASE, field: value})
 
 
 def test_conv_needs_64x64_images() -> None:
     with pytest.raises(ValueError, match="x_shape"):
-        ModelConfig(**{**BASE, "network": "conv"})
-    ModelConfig(model="vae", x_shape=(1, 64, 64), likelihood="gaussian", network="conv")
+        model_config(**{**BASE, "network": "conv"})
+    model_config(model="vae", x_shape=(1, 64, 64), likelihood="gaussian", network="conv")
 
 
 def test_model_config_round_trips_through_asdict_with_lists() -> None:
-    config = ModelConfig(**BASE, hidden=(32, 16), prior_hidden=())
+    config = model_config(**BASE, hidden=(32, 16), prior_hidden=())
     as_lists = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
     assert ModelConfig(**as_lists) == config
     assert config.data_dim == 62
@@ -88,11 +103,11 @@ def test_model_config_round_trips_through_asdict_with_lists() -> None:
 )
 def test_constraint_config_rejects_bad_values(field: str, value: object) -> None:
     with pytest.raises(ValueError, match=field):
-        ConstraintConfig(**{"kappa": 1.0, field: value})
+        constraint_config(**{"kappa": 1.0, field: value})
 
 
-def test_constraint_config_defaults_are_the_authors() -> None:
-    cfg = ConstraintConfig(kappa=None)
+def test_params_constraint_is_the_authors() -> None:
+    cfg = constraint_config()
     fields = [f.name for f in dataclasses.fields(ConstraintConfig)]
     assert fields == [
         "kappa", "variant", "alpha", "nu", "tau", "lambda_every", "step_min", "step_max", "lambda_min",
@@ -101,11 +116,5 @@ def test_constraint_config_defaults_are_the_authors() -> None:
     ]
     assert (cfg.variant, cfg.alpha, cfg.nu, cfg.tau, cfg.lambda_every) == ("authors", 0.99, 1.0, 100.0, 100)
     assert (cfg.step_min, cfg.step_max, cfg.lambda_min, cfg.lambda_max, cfg.lambda_init) == (0.9, 1.05, 1e-6, 1e8, 1.0)
-    ConstraintConfig(kappa=0.1, step_min=1.0, step_max=1.0, auto_slack=0.0, auto_threshold=0.0, lambda_min=1.0, lambda_max=1.0)
-
-
-def test_model_names_registry() -> None:
-    assert MODEL_NAMES == ("vhp", "vhp-iw", "vhp-geco", "iwae", "vae", "vamp")
-    assert set(HIERARCHICAL_MODELS) <= set(MODEL_NAMES)
-    for name in MODEL_NAMES:
-        ModelConfig(**{**BASE, "model": name})
+    constraint_config(kappa=0.1, step_min=1.0, step_max=1.0, auto_slack=0.0, auto_threshold=0.0, lambda_min=1.0,
+                      lambda_max=1.0)

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from builders import constraint_config
 from tests.strategies import (
     constraint_configs,
     constraint_sequences,
@@ -167,7 +168,7 @@ def test_rewo_direction_and_return_to_one(cfg: ConstraintConfig, cs: list[float]
 
 
 def test_rewo_worked_example() -> None:
-    cfg = ConstraintConfig(kappa=1.0, alpha=0.5, nu=1.0, tau=2.0, lambda_every=2, step_min=0.9, step_max=1.05)
+    cfg = constraint_config(kappa=1.0, alpha=0.5, nu=1.0, tau=2.0, lambda_every=2, step_min=0.9, step_max=1.05)
     s0 = ConstraintState.initial(cfg, "rewo")
     assert (s0.lambda_, s0.step, s0.prior_active, s0.kappa_sq) == (1.0, 0, False, 1.0)
     assert objective_mode(s0, cfg, "rewo") == "reconstruction"
@@ -190,7 +191,7 @@ def test_rewo_worked_example() -> None:
 
 
 def test_rewo_large_delta_takes_clipped_steps_and_never_overflows() -> None:
-    cfg = ConstraintConfig(kappa=1.0, alpha=0.0, lambda_every=1)
+    cfg = constraint_config(kappa=1.0, alpha=0.0, lambda_every=1)
     s = replace(ConstraintState.initial(cfg, "rewo"), prior_active=True)
     for _ in range(3):
         s = rewo_update(s, 1e300, cfg)  # nu * delta = 1e300: exp would overflow
@@ -200,7 +201,7 @@ def test_rewo_large_delta_takes_clipped_steps_and_never_overflows() -> None:
 
 
 def test_rewo_phase_switch_is_at_c_hat_not_c_batch() -> None:
-    cfg = ConstraintConfig(kappa=1.0, alpha=0.9)
+    cfg = constraint_config(kappa=1.0, alpha=0.9)
     s = rewo_update(ConstraintState.initial(cfg, "rewo"), 10.0, cfg)
     s = rewo_update(s, 0.0, cfg)  # C_ba = 0 but C_hat = 9
     assert not s.prior_active and s.c_hat == pytest.approx(9.0)
@@ -228,7 +229,7 @@ def test_earlier_rewo_invariants(cfg: ConstraintConfig, cs: list[float]) -> None
 
 
 def test_earlier_rewo_worked_example() -> None:
-    cfg = ConstraintConfig(kappa=1.0, variant="earlier", alpha=0.5, nu=0.1, tau=1.0)
+    cfg = constraint_config(kappa=1.0, variant="earlier", alpha=0.5, nu=0.1, tau=1.0)
     s0 = ConstraintState.initial(cfg, "rewo")
     assert objective_mode(s0, cfg, "rewo") == "lagrangian" and not s0.prior_active
     s1 = earlier_rewo_update(s0, 3.0, cfg)  # C_hat = 3, delta = 2: lambda = exp(0.2), prior frozen
@@ -242,7 +243,7 @@ def test_earlier_rewo_worked_example() -> None:
 
 
 def test_earlier_rewo_large_step_stops_at_one() -> None:
-    cfg = ConstraintConfig(kappa=3.0, variant="earlier", alpha=0.0, nu=1.0, tau=1.0)
+    cfg = constraint_config(kappa=3.0, variant="earlier", alpha=0.0, nu=1.0, tau=1.0)
     s = earlier_rewo_update(ConstraintState.initial(cfg, "rewo"), 10.0, cfg)  # delta = 1: lambda = e
     assert s.lambda_ == pytest.approx(math.e)
     s = earlier_rewo_update(s, 0.0, cfg)  # delta = -9: e * exp(-9 tanh(e - 1)) < 1, stops at 1
@@ -270,7 +271,7 @@ def test_geco_invariants(cfg: ConstraintConfig, cs: list[float]) -> None:
 
 
 def test_geco_moves_both_ways_and_below_one() -> None:
-    cfg = ConstraintConfig(kappa=1.0, alpha=0.0, geco_nu=0.5)
+    cfg = constraint_config(kappa=1.0, alpha=0.0, geco_nu=0.5)
     states = run(cfg, "geco", [3.0, 3.0, 0.0, 0.0, 0.0, 0.0, 0.0])
     lambdas = [s.lambda_ for s in states]
     assert all(s.prior_active for s in states)
@@ -307,7 +308,7 @@ def test_auto_kappa_stops_at_the_plateau_or_the_cap(
     # halving values halves too, or the earlier window holds larger ones), an all-flat pair by 0.
     # It therefore stops at the first boundary t = k window, k >= 2, whose earlier window
     # (steps t - 2 window + 1 .. t - window) lies in the flat part; or at the cap.
-    cfg = ConstraintConfig(
+    cfg = constraint_config(
         kappa=None, variant=variant, alpha=0.0, auto_window=window, auto_threshold=threshold,
         auto_slack=slack, auto_max_steps=cap,
     )
@@ -327,7 +328,7 @@ def test_auto_kappa_stops_at_the_plateau_or_the_cap(
 def test_auto_kappa_never_decides_at_the_first_window() -> None:
     # A flat C from step 1: the first window has no predecessor to compare with, so the
     # plateau is found at the second boundary (200 with the default window), not at 100.
-    s = run(ConstraintConfig(kappa=None), "rewo", [0.7] * 300)
+    s = run(constraint_config(kappa=None), "rewo", [0.7] * 300)
     assert s[-1].kappa_step == 200 and s[-1].c_ae == pytest.approx(0.7, rel=REL)
     assert all(t.kappa_sq is None for t in s[:200])
 
@@ -350,11 +351,11 @@ def test_auto_kappa_exponential_decay_with_the_authors_defaults() -> None:
     # 0.0178, 201-300: 0.1 + 0.0006, 301-400: 0.1 + 0.00002. Relative improvements: 200: 70%,
     # 300: 15%, 400: 0.6% < 1%: kappa is chosen at 400; a cap of 250 stops the phase at 250.
     cs = [0.1 + math.exp(-t / 30) for t in range(1, 701)]
-    s = run(ConstraintConfig(kappa=None, alpha=0.0), "rewo", cs)[-1]
+    s = run(constraint_config(kappa=None, alpha=0.0), "rewo", cs)[-1]
     assert s.kappa_step == 400 and s.prior_active
     assert s.c_ae == pytest.approx(sum(cs[300:400]) / 100, rel=1e-9)
     assert s.kappa_sq == pytest.approx(1.2 * s.c_ae, rel=REL)
-    capped = run(ConstraintConfig(kappa=None, alpha=0.0, auto_max_steps=250), "rewo", cs)[-1]
+    capped = run(constraint_config(kappa=None, alpha=0.0, auto_max_steps=250), "rewo", cs)[-1]
     # at the cap: the last 50 steps completed by the mean of the window 101-200
     assert capped.kappa_step == 250
     assert capped.c_ae == pytest.approx((sum(cs[200:250]) + 50 * sum(cs[100:200]) / 100) / 100, rel=1e-9)
@@ -370,7 +371,7 @@ def test_auto_kappa_lands_near_the_plateau_whatever_the_first_batch(seq: tuple[l
     # (The stale moving average, C_hat started at C_1, misses by far: at step 200 it
     # still weighs C_1 by 0.99^199 = 13%.)
     cs, plateau = seq
-    s = run(ConstraintConfig(kappa=None), "rewo", cs)[-1]
+    s = run(constraint_config(kappa=None), "rewo", cs)[-1]
     assert s.kappa_sq is not None and s.kappa_step is not None and s.kappa_step <= 500
     assert plateau / 1.1 <= s.kappa_sq / 1.2 <= plateau * 1.1
 
@@ -382,7 +383,7 @@ def test_fixed_kappa_is_kept(cfg: ConstraintConfig, cs: list[float], rule: str) 
 
 
 def test_auto_kappa_leaves_a_chosen_kappa() -> None:
-    cfg = ConstraintConfig(kappa=None, auto_max_steps=1)
+    cfg = constraint_config(kappa=None, auto_max_steps=1)
     s = rewo_update(ConstraintState.initial(cfg, "rewo"), 2.0, cfg)
     assert (s.kappa_step, s.c_ae, s.kappa_sq) == (1, 2.0, pytest.approx(2.4))
     assert auto_kappa(replace(s, step=100, c_hat=0.1), cfg).kappa_sq == s.kappa_sq
@@ -400,7 +401,7 @@ def test_constraint_rule_names() -> None:
 
 
 def test_non_finite_constraint_value_is_rejected() -> None:
-    cfg = ConstraintConfig(kappa=1.0)
+    cfg = constraint_config(kappa=1.0)
     for rule in ("rewo", "geco", "none"):
         with pytest.raises(ValueError, match="c_batch"):
             update_constraint(ConstraintState.initial(cfg, rule), math.nan, cfg, rule)
@@ -409,7 +410,7 @@ def test_non_finite_constraint_value_is_rejected() -> None:
 
 
 def test_initial_states() -> None:
-    fixed, auto = ConstraintConfig(kappa=0.5, lambda_init=2.0), ConstraintConfig(kappa=None, lambda_init=2.0)
+    fixed, auto = constraint_config(kappa=0.5, lambda_init=2.0), constraint_config(kappa=None, lambda_init=2.0)
     assert ConstraintState.initial(fixed, "rewo") == ConstraintState(2.0, 0.0, 0, False, 0.25, None, None, lambda_peak=2.0)
     assert ConstraintState.initial(fixed, "geco").prior_active
     assert not ConstraintState.initial(auto, "geco").prior_active
@@ -417,7 +418,7 @@ def test_initial_states() -> None:
 
 
 def test_state_is_frozen() -> None:
-    state = ConstraintState.initial(ConstraintConfig(kappa=1.0), "rewo")
+    state = ConstraintState.initial(constraint_config(kappa=1.0), "rewo")
     with pytest.raises(AttributeError):
         state.lambda_ = 2.0  # type: ignore[misc]
     assert replace(state, lambda_=2.0).lambda_ == 2.0
@@ -436,15 +437,15 @@ def test_two_slacks_give_different_lambda_trajectories_where_the_constraint_bind
     # constraint binds, lambda climbs by the clipped factors), slack 0.5 puts it at 1.5 above
     # it (met throughout, lambda stays 1). The ablation rows can therefore differ.
     cs = _plateau_then(1.3, 2000)
-    tight = run(ConstraintConfig(kappa=None, auto_slack=0.1), "rewo", cs)
-    loose = run(ConstraintConfig(kappa=None, auto_slack=0.5), "rewo", cs)
+    tight = run(constraint_config(kappa=None, auto_slack=0.1), "rewo", cs)
+    loose = run(constraint_config(kappa=None, auto_slack=0.5), "rewo", cs)
     assert tight[-1].kappa_sq == pytest.approx(1.1) and loose[-1].kappa_sq == pytest.approx(1.5)
     assert [s.lambda_ for s in tight] != [s.lambda_ for s in loose]
     assert tight[-1].lambda_ > 1.5 and all(s.lambda_ == 1.0 for s in loose)
     assert tight[-1].violated > 0 and loose[-1].violated == 0
     # two slacks that both bind still differ: the step size grows with delta
-    looser = run(ConstraintConfig(kappa=None, auto_slack=0.2, nu=0.1), "rewo", cs)
-    tighter = run(ConstraintConfig(kappa=None, auto_slack=0.05, nu=0.1), "rewo", cs)
+    looser = run(constraint_config(kappa=None, auto_slack=0.2, nu=0.1), "rewo", cs)
+    tighter = run(constraint_config(kappa=None, auto_slack=0.05, nu=0.1), "rewo", cs)
     assert tighter[-1].lambda_ > looser[-1].lambda_ > 1.0
 
 
@@ -452,7 +453,7 @@ def test_probe_places_kappa_between_c_ae_and_the_probe_error() -> None:
     # C_ae = 1 (plateau, step 200); the probe (100 steps at lambda = 1, prior on) sees C = 1.4:
     # kappa^2 = 1 + min(0.2 * 1, 0.5 * 0.4) = 1.2. C then stays at 1.4 for 1000 steps (lambda
     # climbs) and falls to 1.0 (lambda drifts back to 1).
-    cfg = ConstraintConfig(kappa=None, auto_probe_steps=100, auto_probe_share=0.5)
+    cfg = constraint_config(kappa=None, auto_probe_steps=100, auto_probe_share=0.5)
     cs = [1.0] * 200 + [1.4] * 1100 + [1.0] * 3000
     states = run(cfg, "rewo", cs)
     start = next(s for s in states if s.probe_step is not None)
@@ -476,7 +477,7 @@ def test_probe_places_kappa_between_c_ae_and_the_probe_error() -> None:
        share=st.floats(0.01, 1.0))
 def test_probe_kappa_is_reachable_and_no_looser_than_the_slack(c_ae: float, c_probe: float, slack: float,
                                                                share: float) -> None:
-    cfg = ConstraintConfig(kappa=None, auto_slack=slack, auto_probe_share=share)
+    cfg = constraint_config(kappa=None, auto_slack=slack, auto_probe_share=share)
     k = probe_kappa_sq(c_ae, c_probe, cfg)
     assert k <= (1 + slack) * c_ae * (1 + REL)
     if c_probe > c_ae:

@@ -17,8 +17,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import multivariate_normal
 
+from builders import model_config
 from tests.strategies import DTYPE, generator, seeds, set_linear_gaussian, uniform
-from vhp_core import ModelConfig, build_model, log_likelihood
+from vhp_core import build_model, log_likelihood
 from vhp_core.models import LatentVariableModel
 
 
@@ -55,7 +56,7 @@ def _linear(module: torch.nn.Module) -> torch.nn.Linear:
 
 def build_linear(case: LinearCase) -> tuple[LatentVariableModel, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The model with linear decoder (and linear prior), its latent prior (mean, cov), and data x."""
-    config = ModelConfig(
+    config = model_config(
         model=case.model,
         x_shape=(case.data_dim,),
         likelihood="gaussian",
@@ -64,6 +65,7 @@ def build_linear(case: LinearCase) -> tuple[LatentVariableModel, torch.Tensor, t
         hidden=(),
         prior_hidden=(),
         gaussian_std=case.std,
+        std_calibration="none",  # the closed-form log p(x) holds for this fixed sigma
     )
     model = build_model(config).to(DTYPE)
     gen = generator(case.seed)
@@ -183,9 +185,9 @@ class DiagonalPosteriorCase:
     def build(self) -> tuple[LatentVariableModel, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(model, prior mean, prior cov, x, outer inflation factors, inner inflation factors)."""
         lat, zeta, data = self.latent_dim, self.zeta_dim, self.latent_dim + self.extra_data_dims
-        config = ModelConfig(
+        config = model_config(
             model="vhp", x_shape=(data,), likelihood="gaussian", latent_dim=lat, zeta_dim=zeta,
-            hidden=(), prior_hidden=(), gaussian_std=self.std,
+            hidden=(), prior_hidden=(), gaussian_std=self.std, std_calibration="none",
         )
         model = build_model(config).to(DTYPE)
         gen = generator(self.seed)
@@ -288,7 +290,8 @@ def test_estimate_below_log_px_in_expectation(case: LinearCase, w_scale: float, 
 def test_finite_for_extreme_log_weights(seed: int, scale: float) -> None:
     # Data far from a sharp decoder: log p(x|z) of order -scale^2 / std^2 ~ -1e10 and below.
     torch.manual_seed(seed)
-    model = build_model(ModelConfig(model="vae", x_shape=(4,), likelihood="gaussian", hidden=(8,), gaussian_std=1e-2)).to(DTYPE)
+    model = build_model(model_config(model="vae", x_shape=(4,), likelihood="gaussian", hidden=(8,), gaussian_std=1e-2,
+                                     std_calibration="none")).to(DTYPE)
     x = scale * torch.randn(3, 4, generator=generator(seed), dtype=DTYPE)
     est = log_likelihood(model, x, n_samples=50, chunk=16)
     assert torch.isfinite(est).all() and (est < -1e3).all()

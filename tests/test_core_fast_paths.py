@@ -1,6 +1,6 @@
 """Fast paths against their reference paths: the folded inference MLP and the log-likelihood estimate.
 
-`networks.InferenceMLP` computes tanh layers as sigmoids with the affine factors folded
+`inference_mlp.InferenceMLP` computes tanh layers as sigmoids with the affine factors folded
 into the weights; `log_likelihood` uses it unless `reference=True`. Both must give the
 numbers of the ordinary layers up to float rounding: the issue's tolerance is 0.05 nats
 on the mean test log-likelihood, and the tests hold them to 1e-3 nats per point.
@@ -13,9 +13,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from builders import model_config
 from tests.strategies import seeds
-from vhp_core import ModelConfig, build_model, log_likelihood
-from vhp_core.networks import InferenceMLP, Network, inference_layers, mlp, native_bf16, resolve_precision
+from vhp_core import build_model, log_likelihood
+from vhp_core.inference_mlp import InferenceMLP, inference_layers
+from vhp_core.networks import Network, mlp
+from vhp_core.precision import native_bf16, resolve_precision
 
 
 @settings(max_examples=25, deadline=None)
@@ -47,10 +50,10 @@ def test_inference_mlp_matches_the_layers(
 
 
 def test_inference_layers_skip_conv_and_bf16_networks_and_restore_on_exit() -> None:
-    conv = build_model(ModelConfig(model="vae", x_shape=(1, 64, 64), likelihood="bernoulli", network="conv",
+    conv = build_model(model_config(model="vae", x_shape=(1, 64, 64), likelihood="bernoulli", network="conv",
                                    latent_dim=2, hidden=(8,)))
-    bf16 = build_model(ModelConfig(model="vae", x_shape=(6,), likelihood="bernoulli", hidden=(8,), precision="bf16"))
-    mlp_model = build_model(ModelConfig(model="vhp", x_shape=(6,), likelihood="bernoulli", hidden=(8,), prior_hidden=(5,)))
+    bf16 = build_model(model_config(model="vae", x_shape=(6,), likelihood="bernoulli", hidden=(8,), precision="bf16"))
+    mlp_model = build_model(model_config(model="vhp", x_shape=(6,), likelihood="bernoulli", hidden=(8,), prior_hidden=(5,)))
     assert InferenceMLP.of(conv.encoder) is None and InferenceMLP.of(conv.decoder) is None
     assert InferenceMLP.of(bf16.decoder) is None
     networks = [m for m in mlp_model.modules() if isinstance(m, Network)]
@@ -76,7 +79,7 @@ CASES = [
 def test_fast_and_reference_log_likelihood_agree(name: str, likelihood: str, activation: str) -> None:
     """fp32 models with perturbed weights, the same random draws: the two paths agree to 1e-3 nats."""
     torch.manual_seed(3)
-    model = build_model(ModelConfig(
+    model = build_model(model_config(
         model=name, x_shape=(30,), likelihood=likelihood, latent_dim=4, hidden=(24, 16), activation=activation,
         zeta_dim=3, prior_hidden=(12,), k_inner=4, n_pseudo=5,
     )).eval()

@@ -10,8 +10,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from builders import constraint_config, model_config
 from tests.strategies import DTYPE, seeds
-from vhp_core import ConstraintConfig, ConstraintState, ModelConfig, build_model, train_step
+from vhp_core import ConstraintState, build_model, train_step
 from vhp_core.likelihoods import MIN_VARIANCE, Gaussian, calibrated_variance
 
 TRUE_STD = 0.3
@@ -21,14 +22,14 @@ def _fit_noise(std_mode: str, steps: int, seed: int = 0, per_dim: bool = False) 
     """Train a small VAE at the project's lr (1e-3, Adam) on x = N(0, 0.3^2 I) (D = 6): the
     decoder only has to learn to output 0, so the error it leaves is the noise. Returns sigma."""
     torch.manual_seed(seed)
-    config = ModelConfig(
+    config = model_config(
         model="vae", x_shape=(6,), likelihood="gaussian", hidden=(16,),
         learn_std=std_mode == "learned", std_calibration=std_mode if std_mode in ("batch", "average") else "none",
         std_per_dim=per_dim,
     )
     model = build_model(config)
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
-    cfg = ConstraintConfig(kappa=None)
+    cfg = constraint_config(kappa=None)
     state = ConstraintState.initial(cfg, "none")
     gen = torch.Generator().manual_seed(seed + 1)
     for _ in range(steps):
@@ -104,6 +105,6 @@ def test_average_is_bias_corrected() -> None:
 
 def test_learned_and_calibrated_are_exclusive() -> None:
     with pytest.raises(ValueError, match="learn_std"):
-        ModelConfig(model="vae", x_shape=(3,), likelihood="gaussian", learn_std=True, std_calibration="batch")
+        model_config(model="vae", x_shape=(3,), likelihood="gaussian", learn_std=True, std_calibration="batch")
     with pytest.raises(ValueError, match="std_calibration"):
-        ModelConfig(model="vae", x_shape=(3,), likelihood="gaussian", std_calibration="sometimes")
+        model_config(model="vae", x_shape=(3,), likelihood="gaussian", std_calibration="sometimes")

@@ -12,14 +12,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.distributions import Bernoulli, Normal, kl_divergence
 
+from builders import model_config
 from tests.strategies import DTYPE, batch_sizes, data_dims, generator, latent_dims, likelihood_names, model_names, seeds
-from vhp_core import MODEL_NAMES, VHPIWVAE, ModelConfig, build_model, gaussian_kl, log_likelihood
+from vhp_core import MODEL_NAMES, VHPIWVAE, build_model, gaussian_kl, log_likelihood
 from vhp_core.models import LatentVariableModel
 
 
 def make_model(name: str, likelihood: str, x_shape: tuple[int, ...], latent: int, **kwargs: object) -> LatentVariableModel:
-    defaults: dict[str, object] = {"hidden": (8,), "prior_hidden": (8,), "k_inner": 3, "k_iw": 2, "n_pseudo": 3, "zeta_dim": 2}
-    config = ModelConfig(model=name, x_shape=x_shape, likelihood=likelihood, latent_dim=latent, **{**defaults, **kwargs})
+    # A fixed Gaussian sigma (params.yaml calibrates it): the closed forms below assume one.
+    defaults: dict[str, object] = {"hidden": (8,), "prior_hidden": (8,), "k_inner": 3, "k_iw": 2, "n_pseudo": 3,
+                                   "zeta_dim": 2, "std_calibration": "none"}
+    config = model_config(model=name, x_shape=x_shape, likelihood=likelihood, latent_dim=latent, **{**defaults, **kwargs})
     return build_model(config).to(DTYPE)
 
 
@@ -169,7 +172,7 @@ def test_shapes_for_any_sizes(
 
 def test_conv_model_shapes() -> None:
     torch.manual_seed(0)
-    model = build_model(ModelConfig(model="vhp", x_shape=(1, 64, 64), likelihood="gaussian", network="conv", hidden=(16,)))
+    model = build_model(model_config(model="vhp", x_shape=(1, 64, 64), likelihood="gaussian", network="conv", hidden=(16,)))
     x = torch.rand(2, 1, 64, 64)
     terms = model.loss(x)
     assert math.isfinite(terms.total.item())
@@ -222,8 +225,8 @@ def test_bf16_precision_close_to_fp32() -> None:
     batch, data_dim = 64, 64
     for name in ("vae", "vhp", "iwae", "vamp"):
         common = {"model": name, "x_shape": (data_dim,), "likelihood": "bernoulli", "hidden": (128, 128), "prior_hidden": (64,)}
-        fp32 = build_model(ModelConfig(**common))
-        bf16 = build_model(ModelConfig(**common, precision="bf16"))
+        fp32 = build_model(model_config(**common))
+        bf16 = build_model(model_config(**common, precision="bf16"))
         bf16.load_state_dict(fp32.state_dict())
         x = make_data("bernoulli", batch, (data_dim,), 1, dtype=torch.float32)
         a = fp32.loss(x, generator=generator(3))
@@ -256,7 +259,7 @@ def test_bf16_precision_close_to_fp32() -> None:
 def test_tanh_activation_matches_torch() -> None:
     # vhp_core computes tanh through the faster sigmoid kernel; values, gradients and
     # forward-mode derivatives must be those of tanh.
-    from vhp_core.networks import activation_module
+    from vhp_core.activations import activation_module
 
     tanh = activation_module("tanh")
     x = torch.linspace(-20, 20, 2001, dtype=DTYPE, requires_grad=True)

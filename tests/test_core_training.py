@@ -13,17 +13,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import vhp_core.training
+from builders import constraint_config, model_config
 from tests.strategies import DTYPE, generator, seeds
-from vhp_core import STATISTICS, ConstraintConfig, ConstraintState, ModelConfig, build_model, train_step, update_constraint
+from vhp_core import STATISTICS, ConstraintState, build_model, train_step, update_constraint
 from vhp_core.models import LatentVariableModel, ObjectiveParts
 
 
 def make(name: str, seed: int, precision: str = "fp32", dtype: torch.dtype = DTYPE, **kwargs: object) -> LatentVariableModel:
+    # A fixed Gaussian sigma (params.yaml calibrates it, and a calibrated sigma moves with
+    # every forward pass, which the gradient replays below would see).
     torch.manual_seed(seed)
-    config = ModelConfig(
-        model=name, x_shape=(6,), likelihood="gaussian", hidden=(8,), prior_hidden=(8,), k_inner=3, k_iw=2,
-        precision=precision, **kwargs,
-    )
+    config = model_config(**{
+        "model": name, "x_shape": (6,), "likelihood": "gaussian", "hidden": (8,), "prior_hidden": (8,),
+        "k_inner": 3, "k_iw": 2, "precision": precision, "std_calibration": "none", **kwargs,
+    })
     return build_model(config).to(dtype)
 
 
@@ -67,7 +70,7 @@ def test_initial_phase_is_reconstruction_only(
         kappa = None  # GECO has an initial phase only while kappa is auto
     model = make(name, seed)
     optimiser = torch.optim.SGD(model.parameters(), lr=lr)
-    cfg = ConstraintConfig(kappa=kappa, lambda_init=2.0, lambda_every=1, auto_max_steps=100)
+    cfg = constraint_config(kappa=kappa, lambda_init=2.0, lambda_every=1, auto_max_steps=100)
     state = ConstraintState.initial(cfg, model.rule)
     x = torch.randn(batch, 6, generator=generator(seed), dtype=DTYPE)
     prior = model.prior_parameters()
@@ -96,7 +99,7 @@ def test_initial_phase_is_reconstruction_only(
 def test_auto_kappa_ends_the_initial_phase(seed: int, name: str, cap: int) -> None:
     model = make(name, seed)
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
-    cfg = ConstraintConfig(kappa=None, auto_max_steps=cap)
+    cfg = constraint_config(kappa=None, auto_max_steps=cap)
     state = ConstraintState.initial(cfg, model.rule)
     x = torch.randn(4, 6, generator=generator(seed), dtype=DTYPE)
     modes = []
@@ -130,7 +133,7 @@ def test_prior_learns_only_when_active(seed: int, name: str, variant: str, kappa
         kappa = 1.0
     model = make(name, seed)
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
-    cfg = ConstraintConfig(kappa=kappa, variant=variant, lambda_every=1)
+    cfg = constraint_config(kappa=kappa, variant=variant, lambda_every=1)
     state = ConstraintState.initial(cfg, model.rule)
     x = torch.randn(batch, 6, generator=generator(seed), dtype=DTYPE)
     for step in range(steps):
@@ -162,7 +165,7 @@ def test_prior_learns_only_when_active(seed: int, name: str, variant: str, kappa
 def test_plain_models_train_everything_with_lambda_one(seed: int, name: str) -> None:
     model = make(name, seed)
     optimiser = torch.optim.SGD(model.parameters(), lr=1e-2)
-    cfg = ConstraintConfig(kappa=None)  # no constraint: kappa plays no part
+    cfg = constraint_config(kappa=None)  # no constraint: kappa plays no part
     state = ConstraintState.initial(cfg, model.rule)
     before = snapshot(list(model.parameters()))
     state, terms = train_step(model, optimiser, torch.randn(4, 6, generator=generator(seed), dtype=DTYPE), state, cfg)
@@ -178,7 +181,7 @@ def test_plain_models_train_everything_with_lambda_one(seed: int, name: str) -> 
 def test_reduce_receives_the_statistics_and_its_result_drives_lambda() -> None:
     model = make("vhp", 0)
     optimiser = torch.optim.SGD(model.parameters(), lr=1e-3)
-    cfg = ConstraintConfig(kappa=1.0)
+    cfg = constraint_config(kappa=1.0)
     state = ConstraintState.initial(cfg, "rewo")
     x = torch.randn(4, 6, generator=generator(0), dtype=DTYPE)
     local = model.objective_parts(x, generator(1)).statistics()
@@ -205,7 +208,7 @@ def test_reduce_receives_the_statistics_and_its_result_drives_lambda() -> None:
 def test_a_non_finite_flag_from_another_process_skips_the_step() -> None:
     model = make("vhp", 0)
     optimiser = torch.optim.SGD(model.parameters(), lr=1e-3)
-    cfg = ConstraintConfig(kappa=1.0)
+    cfg = constraint_config(kappa=1.0)
     state = ConstraintState.initial(cfg, "rewo")
     before = snapshot(list(model.parameters()))
 
@@ -223,7 +226,7 @@ def test_a_non_finite_flag_from_another_process_skips_the_step() -> None:
 def test_forward_hook_is_the_objective() -> None:
     model = make("vae", 0)
     optimiser = torch.optim.SGD(model.parameters(), lr=1e-3)
-    cfg = ConstraintConfig(kappa=None)
+    cfg = constraint_config(kappa=None)
     calls: list[int] = []
 
     def forward(batch: torch.Tensor, gen: torch.Generator | None) -> ObjectiveParts:
@@ -242,7 +245,7 @@ def test_forward_hook_is_the_objective() -> None:
 def test_non_finite_batch_skips_the_step() -> None:
     model = make("vhp", 0)
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
-    cfg = ConstraintConfig(kappa=1.0)
+    cfg = constraint_config(kappa=1.0)
     state = ConstraintState.initial(cfg, "rewo")
     x = torch.randn(4, 6, dtype=DTYPE)
     x[1, 2] = math.nan
@@ -268,7 +271,7 @@ def _overflowing_step() -> tuple[ConstraintState, ConstraintState, bool, list[to
     """One train_step whose loss is finite but whose gradient is not (through the forward hook)."""
     model = make("vae", 0)
     optimiser = torch.optim.SGD(model.parameters(), lr=1e-2)
-    cfg = ConstraintConfig(kappa=1.0)
+    cfg = constraint_config(kappa=1.0)
     state = ConstraintState.initial(cfg, "none")
 
     def forward(batch: torch.Tensor, gen: torch.Generator | None) -> ObjectiveParts:
@@ -302,7 +305,7 @@ def test_non_finite_gradient_test_needs_the_gradient_check(monkeypatch: pytest.M
 def test_bf16_training_step_is_finite() -> None:
     model = make("vhp", 0, precision="bf16", dtype=torch.float32)
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
-    cfg = ConstraintConfig(kappa=100.0)
+    cfg = constraint_config(kappa=100.0)
     state = ConstraintState.initial(cfg, model.rule)
     x = torch.randn(16, 6)
     for _ in range(3):

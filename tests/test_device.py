@@ -13,7 +13,9 @@ import torch
 from torch import nn
 
 from vhp_core import networks
-from vhp_core.networks import Network, evaluation_precision, resolve_precision, set_precision
+from vhp_core import precision as precision_policy
+from vhp_core.networks import Network, set_precision
+from vhp_core.precision import evaluation_precision, resolve_precision
 from vhp_core.training import restore_rng_states, rng_states
 
 
@@ -27,14 +29,14 @@ def cuda_bf16(monkeypatch):
 
 
 def test_auto_precision_resolves_for_the_device_it_runs_on(cuda_bf16, monkeypatch):
-    monkeypatch.setattr(networks, "native_bf16", lambda: False)  # an AVX2 CPU
+    monkeypatch.setattr(precision_policy, "native_bf16", lambda: False)  # an AVX2 CPU
     assert resolve_precision("auto", "cuda") == "bf16"
     assert resolve_precision("auto", torch.device("cuda", 0)) == "bf16"
     assert resolve_precision("auto", "cpu") == "fp32"
     assert resolve_precision("auto") == "fp32"  # the CPU by default, as before
     cuda_bf16["bf16"] = False  # e.g. a pre-Ampere GPU
     assert resolve_precision("auto", "cuda") == "fp32"
-    monkeypatch.setattr(networks, "native_bf16", lambda: True)  # AVX-512 BF16 / AMX
+    monkeypatch.setattr(precision_policy, "native_bf16", lambda: True)  # AVX-512 BF16 / AMX
     assert resolve_precision("auto", "cpu") == "bf16"
     assert resolve_precision("fp32", "cuda") == "fp32" and resolve_precision("bf16", "cpu") == "bf16"
     with pytest.raises(ValueError, match="precision"):
@@ -42,11 +44,11 @@ def test_auto_precision_resolves_for_the_device_it_runs_on(cuda_bf16, monkeypatc
 
 
 def test_evaluation_runs_in_the_precision_of_the_evaluating_device(cuda_bf16, monkeypatch):
-    monkeypatch.setattr(networks, "native_bf16", lambda: False)
+    monkeypatch.setattr(precision_policy, "native_bf16", lambda: False)
     assert evaluation_precision("bf16", "cpu") == "fp32"  # a GPU's bf16 model on an AVX2 CPU
     assert evaluation_precision("bf16", "cuda") == "bf16"
     assert evaluation_precision("fp32", "cuda") == "fp32"
-    monkeypatch.setattr(networks, "native_bf16", lambda: True)
+    monkeypatch.setattr(precision_policy, "native_bf16", lambda: True)
     assert evaluation_precision("bf16", "cpu") == "bf16"
     model = nn.Sequential(Network(nn.Linear(3, 2), "bf16"), Network(nn.Linear(2, 2), "bf16"))
     set_precision(model, "fp32")
@@ -74,7 +76,7 @@ def test_model_config_resolves_auto_precision_for_the_training_device(cuda_bf16,
     from builders import tiny_params
     from pipelines.train.flow import model_config
 
-    monkeypatch.setattr(networks, "native_bf16", lambda: False)
+    monkeypatch.setattr(precision_policy, "native_bf16", lambda: False)
     params = tiny_params(precision="auto")
     assert model_config(params, "toy", "vae", (6,), "gaussian").precision == "fp32"
     assert model_config(params, "toy", "vae", (6,), "gaussian", torch.device("cuda")).precision == "bf16"
@@ -130,7 +132,8 @@ def _finish_worker(rank: int, store: str, mode: str, out: str) -> None:
 
     from pipelines.distributed import World, finish_together
     from pipelines.errors import TrainingError
-    from vhp_core import ConstraintConfig, ConstraintState
+    from builders import constraint_config
+    from vhp_core import ConstraintState
 
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
     try:
@@ -139,7 +142,7 @@ def _finish_worker(rank: int, store: str, mode: str, out: str) -> None:
         if mode == "diverged" and rank == 1:
             with torch.no_grad():
                 model.bias.add_(1e-6)
-        state = ConstraintState.initial(ConstraintConfig(kappa=0.5), "rewo")
+        state = ConstraintState.initial(constraint_config(kappa=0.5), "rewo")
         world = World(rank=rank, world_size=2, local_rank=rank, n_shards=2)
         try:
             result = str(finish_together(model, state, refuse=(mode == "refuse" and rank == 0), world=world))

@@ -14,8 +14,9 @@ import os
 import pytest
 import torch
 
-from vhp_core import ConstraintConfig, ConstraintState, ModelConfig, build_model, log_likelihood, train_step
-from vhp_core.networks import resolve_precision
+from builders import constraint_config, model_config
+from vhp_core import ConstraintState, ModelConfig, build_model, log_likelihood, train_step
+from vhp_core.precision import resolve_precision
 from vhp_core.training import restore_rng_states, rng_states
 
 pytestmark = [pytest.mark.gpu,
@@ -27,7 +28,7 @@ CUDA = torch.device("cuda", 0)
 def _config(model: str, precision: str = "fp32", **kw) -> ModelConfig:
     sizes = dict(latent_dim=8, hidden=(64, 64), zeta_dim=4, prior_hidden=(32,), k_inner=4, k_iw=4)
     sizes.update(kw)
-    return ModelConfig(model=model, x_shape=(1, 12, 12), likelihood="bernoulli", precision=precision, **sizes)
+    return model_config(model=model, x_shape=(1, 12, 12), likelihood="bernoulli", precision=precision, **sizes)
 
 
 def _grey(n: int, seed: int = 0) -> torch.Tensor:
@@ -68,7 +69,7 @@ def test_a_resumed_run_on_cuda_ends_with_bit_identical_weights(name):
     The noise (reparameterisation, inner zetas, binarisation) is drawn on the GPU from its
     global generator, so the resumed run matches only with the CUDA RNG state restored.
     """
-    cfg = ConstraintConfig(kappa=0.5, auto_max_steps=4)
+    cfg = constraint_config(kappa=0.5, auto_max_steps=4)
     grey = _grey(256).to(CUDA)
 
     def fresh():
@@ -127,7 +128,7 @@ def _ddp_worker(rank: int, world_size: int, store: str, out: str) -> None:
         torch.manual_seed(0)
         model = build_model(_config("vhp")).to(device)
         optimiser = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
-        cfg = ConstraintConfig(kappa=0.5, auto_max_steps=4)
+        cfg = constraint_config(kappa=0.5, auto_max_steps=4)
         state = ConstraintState.initial(cfg, model.rule)
 
         class Objective(torch.nn.Module):

@@ -17,15 +17,16 @@ import heldout_gap  # noqa: E402
 from heldout_gap import code_terms, decompose, log_prior, prior_capacity, summarise, training_units  # noqa: E402
 
 from tests.strategies import seeds  # noqa: E402
-from vhp_core import ModelConfig, build_model  # noqa: E402
+from builders import model_config  # noqa: E402
+from vhp_core import build_model  # noqa: E402
 from vhp_core.estimators import log_likelihood_and_elbo  # noqa: E402
 from vhp_core.gaussian import gaussian_kl  # noqa: E402
 
 
 def _model(name: str, seed: int, prior_hidden: tuple[int, ...] = (8,)) -> torch.nn.Module:
     torch.manual_seed(seed)
-    config = ModelConfig(model=name, x_shape=(3,), likelihood="gaussian", latent_dim=2, hidden=(8,),
-                         zeta_dim=3, prior_hidden=prior_hidden, k_inner=4, gaussian_std=0.7)
+    config = model_config(model=name, x_shape=(3,), likelihood="gaussian", latent_dim=2, hidden=(8,),
+                          zeta_dim=3, prior_hidden=prior_hidden, k_inner=4, gaussian_std=0.7, std_calibration="none")
     return build_model(config).eval()
 
 

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from vhp_core import ModelConfig, build_model
+from builders import model_config
+from vhp_core import build_model
 from vhp_core.estimators import log_likelihood, log_likelihood_and_elbo
 
 
@@ -25,8 +26,8 @@ def _trained(name: str, seed: int = 0, steps: int = 200) -> tuple[torch.nn.Modul
     which = (torch.rand(400) < 0.5).float()[:, None]
     basis = torch.randn(2, 5)
     x = (torch.stack([torch.cos(t), torch.sin(t)], 1) * (1 + which)) @ basis + 0.1 * torch.randn(400, 5)
-    model = build_model(ModelConfig(model=name, x_shape=(5,), likelihood="gaussian", hidden=(32,), prior_hidden=(16,),
-                                    k_inner=8, k_iw=4, gaussian_std=0.3))
+    model = build_model(model_config(model=name, x_shape=(5,), likelihood="gaussian", hidden=(32,), prior_hidden=(16,),
+                                     k_inner=8, k_iw=4, gaussian_std=0.3, std_calibration="none"))
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     for step in range(steps):
         batch = x[torch.randint(len(x), (64,))]

@@ -152,10 +152,11 @@ def _checkpoint(model_dir: Path, model_name: str, x_shape: tuple[int, ...]) -> N
     import torch
 
     from pipelines.checkpoint import atomic_torch_save
-    from vhp_core import ModelConfig, build_model
+    from builders import model_config
+    from vhp_core import build_model
 
-    config = ModelConfig(model=model_name, x_shape=x_shape, likelihood="gaussian", hidden=(16,), prior_hidden=(8,),
-                         gaussian_std=0.3, k_inner=4)
+    config = model_config(model=model_name, x_shape=x_shape, likelihood="gaussian", hidden=(16,), prior_hidden=(8,),
+                          gaussian_std=0.3, k_inner=4, std_calibration="none")
     torch.manual_seed(0)
     model = build_model(config)
     atomic_torch_save(model_dir / "model.pt", {

@@ -16,7 +16,8 @@ from pipelines.train.fit import fit
 from pipelines.train.validation import Selection, Validation, is_candidate
 from tests.conftest import stage_params
 from tests.test_train_flow import fresh_model, make_run, tiny_params
-from vhp_core import ConstraintConfig, ConstraintState
+from builders import constraint_config
+from vhp_core import ConstraintState
 
 
 def _validation(x: np.ndarray, every: int) -> Validation:
@@ -51,7 +52,7 @@ def test_fit_keeps_the_model_at_its_best_val_elbo_and_resumes_to_the_same(tmp_pa
 
 
 def test_candidates_need_the_prior_and_kappa() -> None:
-    cfg = ConstraintConfig(kappa=None)
+    cfg = constraint_config(kappa=None)
     s = ConstraintState.initial(cfg, "rewo")
     assert not is_candidate(s, "rewo")
     assert not is_candidate(dataclasses.replace(s, prior_active=True), "rewo")  # probing: kappa not chosen

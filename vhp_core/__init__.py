@@ -5,12 +5,12 @@ Hierarchical Priors in VAEs", NeurIPS 2019; the specification is docs/METHOD.md.
 """
 
 from .bounds import importance_weighted_bound
-from .config import HIERARCHICAL_MODELS, MODEL_NAMES, REWO_VARIANTS, ConstraintConfig, ModelConfig
+from .choices import REWO_VARIANTS, RULES
+from .config import ConstraintConfig, ModelConfig
 from .constraint import (
     ConstraintState,
     auto_kappa,
     probe_kappa_sq,
-    constraint_rule,
     earlier_rewo_update,
     fixed_update,
     geco_update,
@@ -33,9 +33,11 @@ from .models import (
     ObjectiveParts,
     VampVAE,
     build_model,
+    model_class,
 )
-from .networks import network_autocast
+from .precision import network_autocast
 from .priors import GaussianConditional, HierarchicalPrior, StandardNormalPrior, VampPrior
+from .registry import HIERARCHICAL_MODELS, MODEL_NAMES, MODELS, ModelSpec, constraint_rule, model_spec
 from .training import grads_finite, train_step
 
 from .geometry import (
@@ -57,10 +59,13 @@ __all__ = [
     "IWAE",
     "LatentVariableModel",
     "LossTerms",
+    "MODELS",
     "MODEL_NAMES",
     "ModelConfig",
+    "ModelSpec",
     "ObjectiveParts",
     "REWO_VARIANTS",
+    "RULES",
     "STATISTICS",
     "StandardNormalPrior",
     "VAE",
@@ -87,6 +92,8 @@ __all__ = [
     "magnification_factor",
     "magnification_factor_from_jacobian",
     "magnification_factor_grid",
+    "model_class",
+    "model_spec",
     "moving_average",
     "network_autocast",
     "objective_mode",

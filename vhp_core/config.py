@@ -1,10 +1,15 @@
 """Frozen configuration records of a model and of its reconstruction constraint.
 
 `ModelConfig` names the architecture and objective of one of the compared models
-(METHOD §5; MODEL_NAMES is the one registry of model names); `ConstraintConfig` holds
-kappa and the REWO/GECO hyper-parameters of METHOD §4 (Klushyn et al. 2019, "Learning
-Hierarchical Priors in VAEs"; Rezende & Viola 2018, "Taming VAEs"). Both validate their values on construction so that a bad
-params.yaml entry fails at the entry point with the offending field named.
+(METHOD §5; the names are those of `registry.MODELS`); `ConstraintConfig` holds kappa
+and the REWO/GECO hyper-parameters of METHOD §4 (Klushyn et al. 2019, "Learning
+Hierarchical Priors in VAEs"; Rezende & Viola 2018, "Taming VAEs"). Both validate their
+values on construction so that a bad params.yaml entry fails at the entry point with the
+offending field named.
+
+Neither has defaults: their values come from params.yaml (`train.model`,
+`train.constraint` and the per-data-set tables, through `pipelines.train.flow`), and a
+default here would be a second copy of them that a caller could silently fall back on.
 """
 
 from __future__ import annotations
@@ -13,17 +18,22 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-MODEL_NAMES = ("vhp", "vhp-iw", "vhp-geco", "iwae", "vae", "vamp")
-HIERARCHICAL_MODELS = ("vhp", "vhp-iw", "vhp-geco")  # the models with the learned prior of METHOD §2
-REWO_VARIANTS = ("authors", "earlier")
-# Controls for any model: "warmup" = REWO's reconstruction-only warm-up, then lambda = 1;
-# "elbo" = lambda = 1 with the prior learning from step 1 (no warm-up).
-CONTROL_VARIANTS = ("warmup", "elbo")
-LIKELIHOOD_NAMES = ("gaussian", "bernoulli")
-STD_CALIBRATIONS = ("none", "batch", "average")  # Gaussian sigma: fixed/learned, or sigma^2 = MSE per batch / averaged
-NETWORK_NAMES = ("mlp", "conv")
-ACTIVATION_NAMES = ("tanh", "relu", "elu", "softplus", "leaky_relu", "gelu", "silu", "sigmoid")
-PRECISION_NAMES = ("fp32", "bf16")  # what a model runs in; params also take "auto" (networks.resolve_precision)
+from .choices import (
+    ACTIVATION_NAMES,
+    LIKELIHOOD_NAMES,
+    NETWORK_NAMES,
+    PRECISION_NAMES,
+    STD_CALIBRATIONS,
+    VARIANTS,
+    ActivationName,
+    LikelihoodName,
+    NetworkName,
+    Precision,
+    StdCalibration,
+    Variant,
+)
+from .registry import MODEL_NAMES
+
 CONV_X_SHAPE = (1, 64, 64)
 
 
@@ -71,23 +81,23 @@ class ModelConfig:
     likelihood sums and logsumexp stay in the parameters' dtype.
     """
 
-    model: str
+    model: str  # a key of registry.MODELS
     x_shape: tuple[int, ...]
-    likelihood: str
-    latent_dim: int = 2
-    network: str = "mlp"
-    hidden: tuple[int, ...] = (256, 256)
-    activation: str = "tanh"
-    gaussian_std: float = 1.0
-    learn_std: bool = False
-    std_calibration: str = "none"
-    std_per_dim: bool = False
-    zeta_dim: int = 2
-    prior_hidden: tuple[int, ...] = (256, 256)
-    k_inner: int = 16
-    k_iw: int = 10
-    n_pseudo: int = 100
-    precision: str = "fp32"
+    likelihood: LikelihoodName
+    latent_dim: int
+    network: NetworkName
+    hidden: tuple[int, ...]
+    activation: ActivationName
+    gaussian_std: float
+    learn_std: bool
+    std_calibration: StdCalibration
+    std_per_dim: bool
+    zeta_dim: int
+    prior_hidden: tuple[int, ...]
+    k_inner: int
+    k_iw: int
+    n_pseudo: int
+    precision: Precision
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "x_shape", _as_int_tuple(self.x_shape, "x_shape"))
@@ -134,7 +144,7 @@ class ModelConfig:
 class ConstraintConfig:
     """The reconstruction constraint E[C] <= kappa^2 and the lambda rules of METHOD §4.
 
-    Defaults are the authors' values (argmax-ai/deep-variational-bayes-filters,
+    params.yaml's `train.constraint` holds the authors' values (argmax-ai/deep-variational-bayes-filters,
     ConstrainedOptimization); the ablations of METHOD §4 are reached by changing fields.
 
     kappa: tolerance on the per-dimension reconstruction error C (C_hat <= kappa^2), or
@@ -163,29 +173,28 @@ class ConstraintConfig:
     """
 
     kappa: float | None
-    variant: str = "authors"
-    alpha: float = 0.99
-    nu: float = 1.0
-    tau: float = 100.0
-    lambda_every: int = 100
-    step_min: float = 0.9
-    step_max: float = 1.05
-    lambda_min: float = 1e-6
-    lambda_max: float = 1e8
-    lambda_init: float = 1.0
-    geco_nu: float = 0.01
-    auto_slack: float = 0.2
-    auto_window: int = 100
-    auto_threshold: float = 0.01
-    auto_max_steps: int = 500
-    auto_probe_steps: int = 0
-    auto_probe_share: float = 0.5
+    variant: Variant
+    alpha: float
+    nu: float
+    tau: float
+    lambda_every: int
+    step_min: float
+    step_max: float
+    lambda_min: float
+    lambda_max: float
+    lambda_init: float
+    geco_nu: float
+    auto_slack: float
+    auto_window: int
+    auto_threshold: float
+    auto_max_steps: int
+    auto_probe_steps: int
+    auto_probe_share: float
 
     def __post_init__(self) -> None:
         if self.kappa is not None:
             _require(_is_finite_number(self.kappa) and self.kappa > 0, "kappa", self.kappa, "None (auto) or a finite number > 0")
-        _require(self.variant in REWO_VARIANTS + CONTROL_VARIANTS, "variant", self.variant,
-                 f"one of {REWO_VARIANTS + CONTROL_VARIANTS}")
+        _require(self.variant in VARIANTS, "variant", self.variant, f"one of {VARIANTS}")
         for name in (
             "alpha", "nu", "tau", "step_min", "step_max", "lambda_min", "lambda_max", "lambda_init",
             "geco_nu", "auto_slack", "auto_threshold",

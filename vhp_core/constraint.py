@@ -36,32 +36,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Literal
 
-from .config import CONTROL_VARIANTS, ConstraintConfig
-
-Rule = Literal["rewo", "geco", "none"]
-Mode = Literal["reconstruction", "lagrangian"]
-RULES = ("rewo", "geco", "none")
+from .choices import CONTROL_VARIANTS, RULES, Mode
+from .config import ConstraintConfig
 
 # exp() of more than this overflows float64; lambda is clipped to lambda_max anyway.
 _MAX_LOG_FACTOR = 700.0
 
 
-def constraint_rule(model_name: str) -> Rule:
-    """The lambda rule of a model: 'vhp', 'vhp-iw' -> 'rewo'; 'vhp-geco' -> 'geco'; 'iwae', 'vae', 'vamp' -> 'none'."""
-    if model_name in ("vhp", "vhp-iw"):
-        return "rewo"
-    if model_name == "vhp-geco":
-        return "geco"
-    if model_name in ("iwae", "vae", "vamp"):
-        return "none"
-    raise ValueError(f"unknown model name {model_name!r}")
-
-
 def _check_rule(rule: str) -> None:
     if rule not in RULES:
-        raise ValueError(f"rule must be 'rewo', 'geco' or 'none', got {rule!r}")
+        raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ a pass is as large as a quarter of the free device memory allows (at most
 same chunk, a CPU generator gives the same draws on a GPU (`gaussian.standard_normal`),
 so the CPU and GPU estimates agree up to float rounding (tests/test_gpu.py).
 
-Fast path (the default): the fp32 MLPs run as `networks.InferenceMLP`, tanh layers as
+Fast path (the default): the fp32 MLPs run as `inference_mlp.InferenceMLP`, tanh layers as
 one addmm and one in-place sigmoid with the tanh's affine factors folded into the
 weights. It computes the same function; `reference=True` runs the ordinary layers
 instead, and tests/test_core_fast_paths.py holds the two within 1e-3 nats.
@@ -36,7 +36,7 @@ import torch
 from .bounds import importance_weighted_bound
 from .gaussian import log_normal_from_noise, reparameterise, standard_normal
 from .models import LatentVariableModel
-from .networks import inference_layers
+from .inference_mlp import inference_layers
 from .priors import HierarchicalPrior
 
 DEFAULT_CHUNK = 2048  # latent samples a pass on the CPU

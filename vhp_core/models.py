@@ -29,11 +29,11 @@ from torch import nn
 
 from .bounds import importance_weighted_bound
 from .config import ModelConfig
-from .constraint import constraint_rule
 from .gaussian import gaussian_kl, log_normal_from_noise, log_standard_normal, reparameterise
 from .likelihoods import build_likelihood
 from .networks import GaussianEncoder, Network, conv_decoder, conv_encoder, mlp_decoder, mlp_encoder
 from .priors import HierarchicalPrior, StandardNormalPrior, VampPrior
+from .registry import constraint_rule, model_spec
 
 
 @dataclass
@@ -310,19 +310,18 @@ class VHPIWVAE(VHPVAE):
         return ObjectiveParts(-bound - nll, nll, c.mean().detach(), reg, log_w.mean().detach())
 
 
-_MODEL_CLASSES: dict[str, type[LatentVariableModel]] = {
-    "vhp": VHPVAE,
-    "vhp-iw": VHPIWVAE,
-    "vhp-geco": VHPVAE,
-    "iwae": IWAE,
-    "vae": VAE,
-    "vamp": VampVAE,
-}
+# The classes that registry.MODELS names, by name.
+_CLASSES: dict[str, type[LatentVariableModel]] = {cls.__name__: cls for cls in (VAE, IWAE, VampVAE, VHPVAE, VHPIWVAE)}
+
+
+def model_class(model_name: str) -> type[LatentVariableModel]:
+    """The class that builds `model_name` (registry.MODELS[model_name].model_class)."""
+    return _CLASSES[model_spec(model_name).model_class]
 
 
 def build_model(config: ModelConfig) -> LatentVariableModel:
     """The model named by config.model, with freshly initialised parameters."""
-    return _MODEL_CLASSES[config.model](config)
+    return model_class(config.model)(config)
 
 
 __all__ = [
@@ -336,4 +335,5 @@ __all__ = [
     "ObjectiveParts",
     "VampVAE",
     "build_model",
+    "model_class",
 ]

@@ -32,7 +32,7 @@ from pipelines.errors import ConstraintNotMetError, worth_a_retry
 from pipelines.train.validation import calibrate_sigma_on, validation_for
 from pipelines.runtime import resolve_device, run_lock, set_determinism, set_threads
 from vhp_core import ConstraintConfig, ModelConfig, build_model
-from vhp_core.networks import resolve_precision
+from vhp_core.precision import resolve_precision
 
 
 def model_config(params: TrainParams, dataset: str, model: str, x_shape: tuple[int, ...],
