@@ -15,6 +15,7 @@ from pipelines.evaluate.latent import (
     curve_length,
     endpoint_pairs,
     graph_shortest_path,
+    has_trajectory,
     knn_accuracy,
     knn_graph,
     linear_r2,
@@ -192,6 +193,9 @@ def test_trajectory_smoothness_of_circles_and_of_shuffled_frames() -> None:
 def test_trajectory_smoothness_needs_a_trial_with_two_frames() -> None:
     with pytest.raises(ValueError, match="two or more"):
         trajectory_smoothness(np.zeros((2, 2)), np.array([0, 1]), np.array([0, 0]))
+    # has_trajectory says so beforehand (the evaluate stage draws the smoothness subset only then)
+    assert not has_trajectory(np.array([0, 1])) and not has_trajectory(np.array([], dtype=int))
+    assert has_trajectory(np.array([0, 1, 1]))
 
 
 def test_mf_fraction() -> None:
