@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
             "evaluate": {k: getattr(ev, k) for k in ("ll_points", "ll_samples", "ll_inner_samples",
                                                        "ll_inner_samples_check", "graph_nodes", "interp_pairs")},
             "seconds": time.perf_counter() - t0, "load_before": load_before, "load_after": os.getloadavg(),
-            "machine": f"{cores_line()}, torch threads = cores",
+            "machine": f"{cores_line()}, torch threads = {base_params().threads or 'cores'}",
             "overrides": {"evaluate": evaluate_overrides(budgets[name][2], args.quick),
                           "train": {label: train_overrides(name, n_train_of(data), budgets[name][0],
                                                            budgets[name][1], ROWS[label][1])
