@@ -131,6 +131,37 @@ def test_bad_values_are_refused(key, value, message):
         from_dict(TrainParams, bad, PARAMS, "train")
 
 
+def _literal_keys(cls: type, data: dict, prefix: str):
+    """(dotted key, path into data) of every field typed as a Literal, or as a dict of them."""
+    import typing
+
+    for name, tp in typing.get_type_hints(cls).items():
+        if dataclasses.is_dataclass(tp):
+            yield from ((k, [name, *path]) for k, path in _literal_keys(tp, data[name], f"{prefix}.{name}"))
+        elif typing.get_origin(tp) is typing.Literal:
+            yield f"{prefix}.{name}", [name]
+        elif typing.get_origin(tp) is dict and typing.get_origin(typing.get_args(tp)[1]) is typing.Literal:
+            entry = next(iter(data[name]))
+            yield f"{prefix}.{name}.{entry}", [name, entry]
+
+
+@pytest.mark.parametrize("name", ["base", "train", "sweep"])
+def test_enumerated_values_are_refused_outside_their_literal(name):
+    # The allowed values are the Literals of vhp_core.choices / pipelines.params, checked by the reader.
+    raw = read_yaml(PARAMS)
+    keys = list(_literal_keys(stage_classes()[name], raw[name], name))
+    assert keys
+    for dotted, path in keys:
+        bad = copy.deepcopy(raw[name])
+        *inner, last = path
+        target = bad
+        for step in inner:
+            target = target[step]
+        target[last] = "no-such-value"
+        with pytest.raises(ParamsError, match=rf"{re.escape(dotted)}: must be one of"):
+            from_dict(stage_classes()[name], bad, PARAMS, name)
+
+
 def test_non_positive_kappa_is_refused():
     raw = read_yaml(PARAMS)
     bad = copy.deepcopy(raw["train"])
