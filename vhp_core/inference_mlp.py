@@ -14,7 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .activations import ACTIVATIONS, Tanh
-from .networks import Network, FlattenImage
+from .networks import FlattenImage, Network
 
 
 class InferenceMLP:
