@@ -152,3 +152,21 @@ def test_a_tampered_checkpoint_is_refused_and_its_code_never_runs(tmp_path, cont
     with pytest.raises(CheckpointError, match=r"refused to load: the file holds objects other than tensors"):
         load_payload(path)
     assert not marker.exists()
+
+
+def test_a_checkpoint_older_than_a_config_field_loads_and_one_missing_any_other_is_refused(tmp_path):
+    # ModelConfig has no defaults; a checkpoint written before std_calibration/std_per_dim
+    # existed meant a fixed or learned sigma (pipelines.checkpoint.FIELDS_ADDED_LATER).
+    from builders import model_config
+    from pipelines.checkpoint import config_to_dict, load_model
+    from vhp_core import build_model
+
+    config = model_config(model="vhp", hidden=(8,), prior_hidden=(8,), std_calibration="none")
+    state = build_model(config).state_dict()
+    old = {k: v for k, v in config_to_dict(config).items() if k not in ("std_calibration", "std_per_dim")}
+    atomic_torch_save(tmp_path / "old.pt", {"config": old, "state_dict": state})
+    assert load_model(tmp_path / "old.pt")[0].config == config
+    del old["latent_dim"]
+    atomic_torch_save(tmp_path / "bad.pt", {"config": old, "state_dict": state})
+    with pytest.raises(CheckpointError, match="latent_dim"):
+        load_model(tmp_path / "bad.pt")
