@@ -1,1 +1,3 @@
-"""The evaluate stage: log-likelihood, ELBO and the latent-space metrics of one trained model, with its figures."""
+"""The evaluate stage in three passes: the model asked once into a record (record.py), the numbers
+computed from the record (numbers.py, on latent.py's measurements), the figures drawn from it (figures.py);
+stage.py is the recipe."""

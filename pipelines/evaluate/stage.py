@@ -39,7 +39,6 @@ from pipelines.evaluate.figures import draw_figures
 from pipelines.evaluate.numbers import evaluation_numbers
 from pipelines.evaluate.record import query_record, save_record
 from pipelines.params import EvaluateParams
-from pipelines.queries import test_inputs  # noqa: F401  (bench/heldout_gap.py reads the test split through here)
 from vhp_core.networks import set_precision
 from vhp_core.precision import evaluation_precision
 
