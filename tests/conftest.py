@@ -80,18 +80,15 @@ def stage_params(cls, section: str, **overrides):
 
 
 @pytest.fixture(scope="session")
-def prefect_server(tmp_path_factory):
-    """The API URL of one Prefect server (127.0.0.1, a free port) for every test that runs `vhp` in a subprocess.
+def prefect_server(harness) -> str:
+    """The API URL of the harness's Prefect server, for the tests that run `vhp` in a subprocess.
 
     Without a configured API each such subprocess would start an ephemeral server of its own
-    (several seconds each on two cores). Started on first use, stopped at the end of the session.
+    (several seconds each on two cores); with it they all use the one server the session starts.
     """
-    from builders import start_prefect_server, stop
+    from prefect.settings import PREFECT_API_URL
 
-    home = tmp_path_factory.mktemp("prefect-server")
-    proc, url = start_prefect_server(home, home / "server.log")
-    yield url
-    stop(proc)
+    return PREFECT_API_URL.value()
 
 
 @pytest.fixture

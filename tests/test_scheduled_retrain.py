@@ -1,9 +1,9 @@
 """Integration: a real Prefect server on 127.0.0.1 runs the served retrain flow on schedule.
 
-Runs ``vhp retrain serve --interval 5`` as a subprocess (in its own process group)
-against the session's ``prefect server start --host 127.0.0.1`` (conftest's
-``prefect_server``), waits until the server reports a completed scheduled run of
-the ``retrain`` flow, then stops it by PID. About a minute on two cores.
+Starts ``prefect server start --host 127.0.0.1`` (its scheduler service makes the
+scheduled runs) and ``vhp retrain serve --interval 5`` as subprocesses (each in its
+own process group), waits until the server reports a completed scheduled run of
+the ``retrain`` flow, then stops both by PID. About a minute on two cores.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from builders import make_retrain_project, stop
+from builders import make_retrain_project, start_prefect_server, stop
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -25,8 +25,7 @@ VENV_BIN = Path(sys.executable).parent
 def completed_retrain_runs(api_url: str) -> list[dict]:
     import json
 
-    # The scheduler creates many future runs; ask only for completed ones of the retrain flow (the
-    # session's server also holds the runs of other tests' flows).
+    # The scheduler creates many future runs; ask only for completed ones of the retrain flow.
     body = json.dumps({"flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}},
                        "flows": {"name": {"any_": ["retrain"]}}, "limit": 20}).encode()
     req = urllib.request.Request(f"{api_url}/flow_runs/filter", data=body,
@@ -45,17 +44,19 @@ def deployment_id(api_url: str, name: str) -> str:
 
 
 @pytest.mark.slow
-def test_served_flow_runs_on_its_schedule(tmp_path, prefect_server):
+def test_served_flow_runs_on_its_schedule(tmp_path):
     project = make_retrain_project(tmp_path / "project")
-    api_url = prefect_server  # the session's server: the served deployment's runs are the only ones it schedules
+    server, api_url = start_prefect_server(tmp_path / "prefect-server", tmp_path / "server.log")
     serve_env = dict(os.environ, PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_API_URL=api_url,
                      PATH=f"{VENV_BIN}:{os.environ.get('PATH', '')}")  # `dvc` for the served flow's pipeline
     serve_log = tmp_path / "serve.log"
-    with open(serve_log, "w") as log:
-        serve = subprocess.Popen(
-            [str(VENV_BIN / "vhp"), "retrain", "serve", "--project", str(project), "--interval", "5"],
-            env=serve_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    procs = [server]
     try:
+        with open(serve_log, "w") as log:
+            serve = subprocess.Popen(
+                [str(VENV_BIN / "vhp"), "retrain", "serve", "--project", str(project), "--interval", "5"],
+                env=serve_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        procs.append(serve)
         deadline = time.monotonic() + 300
         done: list[dict] = []
         last_error: Exception | None = None
@@ -77,5 +78,6 @@ def test_served_flow_runs_on_its_schedule(tmp_path, prefect_server):
         registry = registry_file.read_text()
         assert '"promoted"' in registry
     finally:
-        stop(serve)
-    assert serve.poll() is not None
+        for proc in reversed(procs):
+            stop(proc)
+    assert all(proc.poll() is not None for proc in procs)
