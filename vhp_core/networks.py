@@ -12,16 +12,11 @@ runs a faster no-grad pass instead.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
-
 import torch
 from torch import nn
 
 from .activations import activation_module
 from .precision import network_autocast
-
-if TYPE_CHECKING:
-    from .inference_mlp import InferenceMLP
 
 CONV_CHANNELS = (32, 32, 64, 64)  # four stride-2 stages: 64 -> 32 -> 16 -> 8 -> 4
 CONV_OUT_SIDE = 4
@@ -47,7 +42,7 @@ class Network(nn.Module):
         super().__init__()
         self.body = body
         self.precision = precision
-        self.inference: InferenceMLP | None = None
+        self.inference: nn.Module | None = None  # an inference_mlp.InferenceMLP while inside inference_layers
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.inference is not None:
