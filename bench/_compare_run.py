@@ -81,6 +81,16 @@ def ll_summary(ll: list[float], wall: float, cpu: float) -> dict[str, Any]:
     }
 
 
+def _ll_call(w: Worker, rows: dict[str, dict[str, Any]], args: tuple[Any, ...]) -> dict[str, Any] | None:
+    """One log-likelihood call on worker w; a failure is recorded in its row and retires the worker."""
+    try:
+        return w.call("ll", args)
+    except Exception as err:
+        rows[w.run.key]["error"] = str(err)
+        w.alive = False
+        return None
+
+
 def run_comparison(budget: Budget, runs: tuple[Run, ...], data_path: Path, quick: bool) -> dict[str, Any]:
     started = time.time()
     load_before, cpu_before = os.getloadavg(), cpu_times()
@@ -148,11 +158,8 @@ def run_comparison(budget: Budget, runs: tuple[Run, ...], data_path: Path, quick
     for w in workers.values():
         if not (w.alive and w.run.evaluated):
             continue
-        try:
-            res = w.call("ll", (subset, budget.subset_samples, EVAL_SEED, False))
-        except Exception as err:
-            rows[w.run.key]["error"] = str(err)
-            w.alive = False
+        res = _ll_call(w, rows, (subset, budget.subset_samples, EVAL_SEED, False))
+        if res is None:
             continue
         rows[w.run.key]["ll_subset"] = ll_summary(res["ll"], res["wall_s"], res["cpu_s"])
         rows[w.run.key]["ll_subset"]["values"] = res["ll"]
@@ -170,11 +177,8 @@ def run_comparison(budget: Budget, runs: tuple[Run, ...], data_path: Path, quick
         if not (w.alive and w.run.library == "ours" and w.run.evaluated and w.run.precision == "fp32"
                 and not w.run.compiled and w.run.model in budget.full_test_models):
             continue
-        try:
-            res = w.call("ll", (full, budget.full_test_samples, EVAL_SEED, False))
-        except Exception as err:
-            rows[w.run.key]["error"] = str(err)
-            w.alive = False
+        res = _ll_call(w, rows, (full, budget.full_test_samples, EVAL_SEED, False))
+        if res is None:
             continue
         rows[w.run.key]["ll_full"] = ll_summary(res["ll"], res["wall_s"], res["cpu_s"])
         print(f"[{w.run.key}] full-test log-likelihood {rows[w.run.key]['ll_full']['mean']:.2f} "

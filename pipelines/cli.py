@@ -108,8 +108,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from pipelines.params import ReportParams, section
+    from pipelines.params_file import section
     from pipelines.report.build import build_report
+    from pipelines.report.params import ReportParams
 
     raw = _load_stage_params(args.params)
     params = section(ReportParams, raw, "report", args.params)
@@ -158,57 +159,57 @@ def _progress_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
+def _stage_parser(sub: Any, name: str, help_: str, description: str, func: Callable[[argparse.Namespace], int],
+                  paths: dict[str, str]) -> argparse.ArgumentParser:
+    """A pipeline stage's command: its required paths (as dvc.yaml passes them), --params, --no-progress."""
+    p = sub.add_parser(name, help=help_, description=description)
+    p.set_defaults(func=func)
+    for flag, text in paths.items():
+        p.add_argument(flag, required=True, help=text)
+    _params_arg(p)
+    _progress_arg(p)
+    return p
+
+
 def add_prepare(sub: Any, help_: str) -> None:
-    p = sub.add_parser("prepare", help=help_,
-                       description="Parse, validate and convert one data set into data/processed/<name>.zarr. "
-                                   "Knobs come from the params section prepare_<name>; --source overrides "
-                                   "its `source` key.")
-    p.set_defaults(func=cmd_prepare)
+    p = _stage_parser(sub, "prepare", help_,
+                      "Parse, validate and convert one data set into data/processed/<name>.zarr. Knobs come "
+                      "from the params section prepare_<name>; --source overrides its `source` key.",
+                      cmd_prepare, {"--out": "zarr group to write (written atomically)"})
     p.add_argument("dataset", choices=sorted(PREPARE_SECTIONS), help="which data set")
-    p.add_argument("--out", required=True, help="zarr group to write (written atomically)")
     p.add_argument("--source", default=None,
                    help="raw data folder or model file (mocap: a folder of ASF/AMC, BVH or AMASS .npz files; "
                         "faces: a Surrey Face Model folder, a folder of meshes, or 'procedural'; "
                         "fashion_mnist: the folder of idx .gz files)")
-    _params_arg(p)
-    _progress_arg(p)
 
 
 def add_train(sub: Any, help_: str) -> None:
     from vhp_core.config import MODEL_NAMES
 
-    p = sub.add_parser("train", help=help_,
-                       description="Run the Prefect `train` flow: open the zarr group, build the model, train "
-                                   "it with REWO (vhp), GECO (vhp-geco) or the plain bound (vae, iwae, vamp), "
-                                   "checkpoint every train.checkpoint_every steps, and write model.pt, "
-                                   "metrics.json, curves.tsv and curves.png. An interrupted run resumes from "
-                                   "its last checkpoint.")
-    p.set_defaults(func=cmd_train)
-    p.add_argument("--dataset", required=True, help="data set name (a key of train.kappa)")
+    p = _stage_parser(sub, "train", help_,
+                      "Run the Prefect `train` flow: open the zarr group, build the model, train it with REWO "
+                      "(vhp), GECO (vhp-geco) or the plain bound (vae, iwae, vamp), checkpoint every "
+                      "train.checkpoint_every steps, and write model.pt, metrics.json, curves.tsv and "
+                      "curves.png. An interrupted run resumes from its last checkpoint.",
+                      cmd_train, {"--dataset": "data set name (a key of train.kappa)",
+                                  "--data": "zarr group from `vhp prepare`",
+                                  "--out": "model folder to write (models/<dataset>/<model>)"})
     p.add_argument("--model", required=True, choices=MODEL_NAMES,
                    help="vhp (hierarchical prior, REWO), vhp-iw (hierarchical prior under an importance-"
                         "weighted bound, REWO), vhp-geco (GECO), iwae, vae, vamp")
-    p.add_argument("--data", required=True, help="zarr group from `vhp prepare`")
-    p.add_argument("--out", required=True, help="model folder to write (models/<dataset>/<model>)")
     p.add_argument("--checkpoints", default=None,
                    help="resumption checkpoints (default: checkpoints/<dataset>/<model>)")
     p.add_argument("--epochs", type=int, default=None, help="override train.epochs (quick checks)")
-    _params_arg(p)
-    _progress_arg(p)
 
 
 def add_evaluate(sub: Any, help_: str) -> None:
-    p = sub.add_parser("evaluate", help=help_,
-                       description="Test log-likelihood by importance sampling, ELBO, active units, latent "
-                                   "map over the magnification factor, graph-based interpolation and the "
-                                   "paper's claims as numbers; writes eval/<dataset>/<model>/metrics.json "
-                                   "and PNG figures.")
-    p.set_defaults(func=cmd_evaluate)
-    p.add_argument("--model-dir", required=True, help="models/<dataset>/<model>")
-    p.add_argument("--data", required=True, help="the zarr group the model was trained on")
-    p.add_argument("--out", required=True, help="eval/<dataset>/<model>")
-    _params_arg(p)
-    _progress_arg(p)
+    _stage_parser(sub, "evaluate", help_,
+                  "Test log-likelihood by importance sampling, ELBO, active units, latent map over the "
+                  "magnification factor, graph-based interpolation and the paper's claims as numbers; writes "
+                  "eval/<dataset>/<model>/metrics.json and PNG figures.",
+                  cmd_evaluate, {"--model-dir": "models/<dataset>/<model>",
+                                 "--data": "the zarr group the model was trained on",
+                                 "--out": "eval/<dataset>/<model>"})
 
 
 def add_report(sub: Any, help_: str) -> None:

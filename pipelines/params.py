@@ -1,7 +1,8 @@
 """params.yaml -> frozen dataclasses, once, at the entry point: every stage's params record.
 
 Each section of ``params.yaml`` maps to one frozen dataclass here (the
-``prepare_*`` records live beside their preprocessing code). The records have no
+``prepare_*`` records live beside their preprocessing code, ``report:``'s beside the
+report in ``pipelines.report.params``, so the report imports no model code). The records have no
 defaults: params.yaml is the only source of values, so a key deleted from the file
 is an error, never silently filled in (``pipelines.params_file`` reads strictly).
 Value checks (negative sizes, kappa <= 0, ...) live in ``__post_init__``.
@@ -11,8 +12,8 @@ vhp_core's ``ModelConfig`` and ``ConstraintConfig`` are built from these records
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal, get_args
+from dataclasses import dataclass, fields, make_dataclass
+from typing import Any, Literal, get_args, get_type_hints
 
 from pipelines.params_file import (  # noqa: F401  (re-exported: the reader beside the records)
     DEFAULT_PARAMS,
@@ -34,6 +35,7 @@ from vhp_core.choices import (
     PrecisionSetting,
     Variant,
 )
+from vhp_core.config import ConstraintConfig
 from vhp_core.registry import MODEL_NAMES
 
 # The enumerated settings that only the pipeline reads; the model's own are vhp_core.choices.
@@ -85,36 +87,27 @@ class ModelParams:
     n_pseudo: int
 
 
-@dataclass(frozen=True)
-class ConstraintParams:
-    """``train.constraint``: vhp_core.ConstraintConfig's constants (METHOD §4), kappa aside.
+def _check_constraint(self: Any) -> None:
+    _check(self.variant in VARIANTS, f"variant must be one of {VARIANTS}, got {self.variant!r}")
+    _check(0.0 < self.auto_max_fraction < 1.0,
+           f"auto_max_fraction must be in (0, 1), got {self.auto_max_fraction}")
 
-    ``auto_max_fraction`` bounds the initial phase of ``kappa: auto`` relative to the
-    run: at most this fraction of the run's steps (``ConstraintConfig.auto_max_steps``).
-    """
 
-    variant: Variant
-    alpha: float
-    nu: float
-    tau: float
-    lambda_every: int
-    step_min: float
-    step_max: float
-    lambda_min: float
-    lambda_max: float
-    lambda_init: float
-    geco_nu: float
-    auto_slack: float
-    auto_window: int
-    auto_threshold: float
-    auto_max_fraction: float
-    auto_probe_steps: int
-    auto_probe_share: float
-
-    def __post_init__(self) -> None:
-        _check(self.variant in VARIANTS, f"variant must be one of {VARIANTS}, got {self.variant!r}")
-        _check(0.0 < self.auto_max_fraction < 1.0,
-               f"auto_max_fraction must be in (0, 1), got {self.auto_max_fraction}")
+# ``train.constraint`` holds vhp_core.ConstraintConfig's constants (METHOD §4), named, typed and
+# documented there once, in the config's order. What the config takes from elsewhere is not here:
+# kappa (``train.kappa.<dataset>``) and auto_max_steps, which stands here as ``auto_max_fraction``
+# (the initial phase of ``kappa: auto`` lasts at most this fraction of the run's steps;
+# ``pipelines.train.flow.constraint_config`` turns it into steps).
+_constraint_hints = get_type_hints(ConstraintConfig)
+ConstraintParams = make_dataclass(
+    "ConstraintParams",
+    [("auto_max_fraction", float) if f.name == "auto_max_steps" else (f.name, _constraint_hints[f.name])
+     for f in fields(ConstraintConfig) if f.name != "kappa"],
+    frozen=True,
+    namespace={"__post_init__": _check_constraint, "__module__": __name__,
+               "__doc__": "``train.constraint``: vhp_core.ConstraintConfig's constants, kappa aside, "
+                          "with auto_max_fraction for auto_max_steps."},
+)
 
 
 @dataclass(frozen=True)
@@ -155,7 +148,7 @@ class TrainParams:
     calibration: CalibrationParams
     network: dict[str, NetworkName]
     model: ModelParams
-    constraint: ConstraintParams
+    constraint: ConstraintParams  # type: ignore[valid-type]  (built by make_dataclass above)
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "checkpoint_every", "log_every", "max_nonfinite"):
@@ -219,22 +212,6 @@ class EvaluateParams:
         _check(0.0 < self.mf_quantile < 1.0, f"mf_quantile must be in (0, 1), got {self.mf_quantile}")
         _check(self.graph_k < self.graph_nodes,
                f"graph_k ({self.graph_k}) must be smaller than graph_nodes ({self.graph_nodes})")
-
-
-@dataclass(frozen=True)
-class ReportParams:
-    """``report:``."""
-
-    title: str
-    compare: tuple[str, ...]  # models shown side by side, left to right
-    curve_smoothing: int      # moving-average window (steps) for training curves
-    max_curve_points: int     # curves are thinned to at most this many rows per model
-
-    def __post_init__(self) -> None:
-        _check(self.curve_smoothing >= 1, f"curve_smoothing must be >= 1, got {self.curve_smoothing}")
-        _check(self.max_curve_points >= 2, f"max_curve_points must be >= 2, got {self.max_curve_points}")
-        for model in self.compare:
-            _check(model in MODEL_NAMES, f"compare: unknown model {model!r}")
 
 
 @dataclass(frozen=True)

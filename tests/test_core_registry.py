@@ -1,5 +1,6 @@
 """The model registry and the enumerations: every registered model builds, trains a step and
-has a rule; what the registry says of a model is what its class does."""
+has a rule; what the registry says of a model is what its class does, and what its class does
+is what METHOD §5 says of the model (a table of this test's own, not read from the registry)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from vhp_core import (
     RULES,
     ConstraintState,
     HierarchicalPrior,
+    StandardNormalPrior,
+    VampPrior,
     build_model,
     constraint_rule,
     model_class,
@@ -44,6 +47,40 @@ def test_every_registered_model_builds_trains_a_step_and_has_a_rule(name: str) -
                               ConstraintState.initial(cfg, spec.rule), cfg, generator(1))
     assert terms.finite and state.step == 1
     assert any(not torch.equal(b, p.detach()) for b, p in zip(before, model.parameters(), strict=True))
+
+
+# METHOD §5, written down independently of vhp_core.registry: name -> (prior, importance-weighted
+# outer bound over k_iw samples of z, lambda rule). A registry entry naming the wrong class
+# (iwae built as VAE, vhp-iw as VHPVAE, vamp as VAE) fails the test below.
+METHOD_MODELS = {
+    "vhp": (HierarchicalPrior, False, "rewo"),
+    "vhp-iw": (HierarchicalPrior, True, "rewo"),
+    "vhp-geco": (HierarchicalPrior, False, "geco"),
+    "iwae": (StandardNormalPrior, True, "none"),
+    "vae": (StandardNormalPrior, False, "none"),
+    "vamp": (VampPrior, False, "none"),
+}
+
+
+def _objective(name: str, k_iw: int) -> float:
+    torch.manual_seed(0)  # the same weights whatever k_iw (it shapes no parameter)
+    model = build_model(model_config(model=name, x_shape=(6,), likelihood="gaussian", hidden=(8,), prior_hidden=(8,),
+                                     k_inner=3, k_iw=k_iw, n_pseudo=3)).double()
+    x = torch.randn(5, 6, generator=generator(2), dtype=torch.float64)
+    with torch.no_grad():
+        return float(model.objective_parts(x, generator(3)).total(1.0))
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_each_model_builds_what_the_method_says(name: str) -> None:
+    assert set(METHOD_MODELS) == set(MODEL_NAMES), "a new model needs its METHOD §5 entry in this test"
+    prior, importance_weighted, rule = METHOD_MODELS[name]
+    torch.manual_seed(0)
+    model = build_model(model_config(model=name, x_shape=(6,), likelihood="gaussian", hidden=(8,), prior_hidden=(8,),
+                                     k_inner=3, k_iw=2, n_pseudo=3))
+    assert type(model.prior) is prior and model.rule == rule
+    # The outer bound: k_iw changes the objective only where it is importance-weighted over z.
+    assert (_objective(name, 1) != _objective(name, 4)) is importance_weighted
 
 
 def test_unknown_model_names_are_refused_everywhere() -> None:

@@ -16,7 +16,6 @@ from pipelines.params import (
     BaseParams,
     EvaluateParams,
     ParamsError,
-    ReportParams,
     RetrainParams,
     SweepParams,
     TrainParams,
@@ -25,6 +24,7 @@ from pipelines.params import (
     read_yaml,
     section,
 )
+from pipelines.report.params import ReportParams
 from pipelines.train.flow import constraint_config, model_config
 
 ROOT = Path(__file__).resolve().parents[1]

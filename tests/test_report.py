@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from pipelines.plotting import new_figure, save_figure
-from pipelines.params import ReportParams
+from pipelines.report.params import ReportParams
 from pipelines.report.build import FIGURES, build_report, read_curves
 from conftest import stage_params
 
@@ -108,6 +108,21 @@ def test_report_params_refuse_bad_values() -> None:
     with pytest.raises(ValueError, match="curve_smoothing"):
         stage_params(ReportParams, "report", curve_smoothing=0)
     assert stage_params(ReportParams, "report", compare=["vhp", "vae"]).compare == ("vhp", "vae")
+    with pytest.raises(ValueError, match="twice"):
+        stage_params(ReportParams, "report", compare=["vhp", "vhp"])
+
+
+def test_a_compare_entry_without_an_evaluation_is_named_in_one_line(tree: tuple[Path, Path], tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    # The report knows no model registry (it imports no model code): a typo shows as "no evaluation".
+    eval_root, models_root = tree
+    index = build_report(eval_root, models_root, tmp_path / "report",
+                         stage_params(ReportParams, "report", compare=["vhp", "vhpp"]))
+    line = capsys.readouterr().err.strip()
+    assert line.startswith("report.compare: vhpp has no evaluation") and "evaluated: iwae, vae, vhp" in line
+    assert "\n" not in line and "vhpp has no evaluation" in index.read_text()
+    build_report(eval_root, models_root, tmp_path / "report2", stage_params(ReportParams, "report"))
+    assert capsys.readouterr().err == ""
 
 
 # --------------------------------------------------------------------------------------

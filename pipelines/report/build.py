@@ -21,15 +21,16 @@ import html
 import json
 import math
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pipelines.plotting import CURVE_PANELS, training_curves_figure
+from pipelines.report.params import ReportParams
+from pipelines.report.tables import likelihood_notes, metrics_table, model_order
 from preprocessing.atomic import atomic_folder, atomic_write_text
-from pipelines.params import ReportParams
-from pipelines.report.tables import _likelihood_notes, _metrics_table, _model_order
 
 # Figures of one evaluated model, in page order, with captions.
 FIGURES: tuple[tuple[str, str], ...] = (
@@ -154,6 +155,11 @@ def _figure_rows(dataset: str, models: list[str], eval_root: Path, out: Path) ->
     return parts
 
 
+def not_evaluated(compare: tuple[str, ...], metrics: dict[str, dict[str, Any]]) -> list[str]:
+    """The ``report.compare`` entries that no data set has an evaluation of (a typo, or a model not trained)."""
+    return [m for m in compare if not any(m in cells for cells in metrics.values())]
+
+
 def _render(eval_root: Path, models_root: Path, out: Path, params: ReportParams) -> None:
     metrics: dict[str, dict[str, dict[str, Any]]] = {}
     if eval_root.is_dir():
@@ -173,6 +179,12 @@ def _render(eval_root: Path, models_root: Path, out: Path, params: ReportParams)
                 curves.setdefault(path.parent.parent.name, {})[path.parent.name] = table
 
     body: list[str] = [f"<h1>{html.escape(params.title)}</h1>"]
+    unevaluated = not_evaluated(params.compare, metrics)
+    if unevaluated and metrics:
+        line = (f"report.compare: {', '.join(unevaluated)} has no evaluation under {eval_root} "
+                f"(evaluated: {', '.join(sorted({m for cells in metrics.values() for m in cells})) or 'none'}); left out")
+        print(line, file=sys.stderr)
+        body.append(f'<p class="warning">{html.escape(line)}</p>')
     datasets = sorted(set(metrics) | set(curves))
     if not datasets:
         body.append(f"<p>No evaluated models found under {html.escape(str(eval_root))}.</p>")
@@ -181,7 +193,7 @@ def _render(eval_root: Path, models_root: Path, out: Path, params: ReportParams)
             f'<a href="#{html.escape(d)}">{html.escape(d)}</a>' for d in datasets) + "</p>")
     if metrics:
         body.append("<h2>Metrics</h2>")
-        body += _metrics_table(metrics, params.compare)
+        body += metrics_table(metrics, params.compare)
 
     for dataset in datasets:
         body.append(f'<h2 id="{html.escape(dataset)}">{html.escape(dataset)}</h2>')
@@ -197,8 +209,8 @@ def _render(eval_root: Path, models_root: Path, out: Path, params: ReportParams)
                             f"{html.escape(str(values['constraint_warning']))}</p>")
             if values.get("rewo_note"):
                 body.append(f"<p><strong>{html.escape(model)}:</strong> {html.escape(str(values['rewo_note']))}</p>")
-        body += _likelihood_notes(metrics.get(dataset, {}), params.compare)
-        evaluated = _model_order(list(metrics.get(dataset, {})), params.compare)
+        body += likelihood_notes(metrics.get(dataset, {}), params.compare)
+        evaluated = model_order(list(metrics.get(dataset, {})), params.compare)
         side = [m for m in params.compare if m in evaluated] or evaluated[:2]
         if side:
             body.append(f"<h3>{' vs '.join(html.escape(m) for m in side)}</h3>")
@@ -208,7 +220,7 @@ def _render(eval_root: Path, models_root: Path, out: Path, params: ReportParams)
             body += _figure_rows(dataset, [model], eval_root, out)
             body.append("</details>")
         if dataset in curves:
-            ordered = {m: curves[dataset][m] for m in _model_order(list(curves[dataset]), params.compare)}
+            ordered = {m: curves[dataset][m] for m in model_order(list(curves[dataset]), params.compare)}
             rel = Path("figures") / dataset / "training_curves.png"
             # lambda is drawn only where it moved; otherwise C_hat against kappa^2 carries the story
             moved = any(len(set(np.asarray(t.get("lambda", [])).tolist())) > 1 for t in ordered.values())

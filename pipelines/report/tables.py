@@ -72,7 +72,7 @@ METRIC_ROWS: tuple[tuple[str, str], ...] = (
 HIDDEN_KEYS = frozenset({"dataset", "model", "constraint_warning", "rewo_note"})
 
 
-def _model_order(models: list[str], compare: tuple[str, ...]) -> list[str]:
+def model_order(models: list[str], compare: tuple[str, ...]) -> list[str]:
     first = [m for m in compare if m in models]
     return first + sorted(m for m in models if m not in first)
 
@@ -105,8 +105,8 @@ def _is_scalar(value: Any) -> bool:
     return value is None or isinstance(value, (int, float, str, bool))
 
 
-def _metrics_table(metrics: dict[str, dict[str, dict[str, Any]]], compare: tuple[str, ...]) -> list[str]:
-    columns = [(d, m) for d in sorted(metrics) for m in _model_order(list(metrics[d]), compare)]
+def metrics_table(metrics: dict[str, dict[str, dict[str, Any]]], compare: tuple[str, ...]) -> list[str]:
+    columns = [(d, m) for d in sorted(metrics) for m in model_order(list(metrics[d]), compare)]
     present = {k for d in metrics.values() for mm in d.values() for k, v in mm.items() if _is_scalar(v)}
     known = [k for k, _ in METRIC_ROWS if k in present]
     extra = sorted(present - set(known) - HIDDEN_KEYS)
@@ -131,10 +131,10 @@ def _metrics_table(metrics: dict[str, dict[str, dict[str, Any]]], compare: tuple
     return rows
 
 
-def _likelihood_notes(models: dict[str, dict[str, Any]], compare: tuple[str, ...]) -> list[str]:
+def likelihood_notes(models: dict[str, dict[str, Any]], compare: tuple[str, ...]) -> list[str]:
     """One line a model: what stands behind its log-likelihood, and whether its K_eval has converged."""
     items = []
-    for model in _model_order(list(models), compare):
+    for model in model_order(list(models), compare):
         m = models[model]
         if m.get("test_log_likelihood") is None:
             continue
