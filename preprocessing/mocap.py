@@ -11,7 +11,8 @@ Stage ``prepare_mocap``: ``prepare(MocapParams, out)``. The split unit is a tria
 segment of ``segment_frames`` frames when trials are cut (the embedded default is one
 long trial); no frame of a test unit is in train. Statistics for standardisation come
 from the training split only and are stored in the attributes, together with the
-skeleton, so ``features_to_positions`` can draw stick figures from the group alone.
+skeleton, so ``preprocessing.poses.features_to_positions`` can draw stick figures from the
+group alone.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any, Literal, Mapping
 
 import numpy as np
 
-from preprocessing.acclaim import ROTATION_DOFS, TRANSLATION_DOFS, Skeleton, forward_kinematics, parse_amc, parse_asf
+from preprocessing.acclaim import ROTATION_DOFS, TRANSLATION_DOFS, Skeleton, parse_amc, parse_asf
 from preprocessing.embedded import fetch_embedded_mocap, sha256_file
 from preprocessing.errors import MocapFormatError
 from preprocessing.mocap_sources import (  # noqa: F401  (Trial, UNLABELLED re-exported: the trial record)
@@ -33,15 +34,12 @@ from preprocessing.mocap_sources import (  # noqa: F401  (Trial, UNLABELLED re-e
     load_other_trials,
     read_labels,
 )
-from preprocessing.store import denormalise, write_dataset
+from preprocessing.poses import encode
+from preprocessing.store import write_dataset
 
 __all__ = [
     "MocapParams",
     "prepare",
-    "features_to_positions",
-    "skeleton_edges",
-    "SKELETON_EDGES",
-    "joint_names",
     "load_trials",
     "Trial",
 ]
@@ -190,39 +188,6 @@ def feature_channels(dof_names: list[str], params: Mapping[str, Any], root: str 
             continue
         out.append(name)
     return out
-
-
-def encode(channels_deg: np.ndarray, channels: list[str], encoding: str) -> tuple[np.ndarray, list[str]]:
-    """Channel values (N, C) in degrees (translations in ASF units) -> raw features."""
-    if encoding == "degrees":
-        return channels_deg, list(channels)
-    cols, names = [], []
-    for i, name in enumerate(channels):
-        if name.rsplit(".", 1)[1] in ROTATION_DOFS:
-            rad = np.radians(channels_deg[:, i])
-            cols += [np.sin(rad), np.cos(rad)]
-            names += [f"{name}.sin", f"{name}.cos"]
-        else:
-            cols.append(channels_deg[:, i])
-            names.append(name)
-    return np.stack(cols, axis=1), names
-
-
-def decode(raw: np.ndarray, feature_names: list[str]) -> tuple[np.ndarray, list[str]]:
-    """Raw features -> channel values (degrees), the inverse of ``encode``."""
-    cols, names = [], []
-    i = 0
-    while i < len(feature_names):
-        name = feature_names[i]
-        if name.endswith(".sin"):
-            cols.append(np.degrees(np.arctan2(raw[:, i], raw[:, i + 1])))
-            names.append(name[: -len(".sin")])
-            i += 2
-        else:
-            cols.append(raw[:, i])
-            names.append(name)
-            i += 1
-    return np.stack(cols, axis=1), names
 
 
 def _standardise(train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -404,37 +369,3 @@ def _frame_picks(n: int, fps: float, params: MocapParams) -> np.ndarray:
     times = np.arange(0.0, n / fps, 1.0 / params.target_fps)
     # Slower than the source: distinct frames; faster: a frame repeats.
     return np.minimum(np.rint(times * fps).astype(np.int64), n - 1)
-
-
-# --------------------------------------------------------------------------- drawing
-
-
-def features_to_positions(features: np.ndarray, attrs: Mapping[str, Any], normalised: bool = True) -> np.ndarray:
-    """Joint positions (N, J, 3) of features (N, D) as stored in ``mocap.zarr``.
-
-    Undoes the standardisation (unless ``normalised`` is False) and the angle encoding,
-    puts the channels back into a full frame (dropped root channels are zero: the figure
-    stands at the origin), and runs the skeleton's forward kinematics. Joints follow
-    ``joint_names(attrs)``; positions in inches for CMU skeletons.
-    """
-    features = np.atleast_2d(np.asarray(features, dtype=np.float64))
-    raw = denormalise(features, attrs) if normalised else features
-    channels_deg, names = decode(raw, list(attrs["feature_names"]))
-    if attrs["skeleton"].get("format") == "bvh":
-        from preprocessing.bvh import BvhSkeleton, bvh_forward_kinematics
-
-        return bvh_forward_kinematics(BvhSkeleton.from_dict(attrs["skeleton"]), channels_deg, names)
-    skeleton = Skeleton.from_dict(attrs["skeleton"])
-    return forward_kinematics(skeleton, channels_deg, names, angle_unit="deg")
-
-
-def joint_names(attrs: Mapping[str, Any]) -> list[str]:
-    return list(attrs["skeleton"]["joint_names"])
-
-
-def skeleton_edges(attrs: Mapping[str, Any]) -> list[tuple[int, int]]:
-    """(parent joint, child joint) index pairs into the positions' joint axis."""
-    return [tuple(e) for e in attrs["skeleton"]["edges"]]
-
-
-SKELETON_EDGES = skeleton_edges  # the name used in the interface contract

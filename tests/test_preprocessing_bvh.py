@@ -25,7 +25,8 @@ from pipelines.cli import main
 from preprocessing.acclaim import MAX_ABS_ANGLE_DEG, forward_kinematics, parse_amc, parse_asf
 from preprocessing.bvh import bvh_forward_kinematics, parse_bvh
 from preprocessing.errors import MocapFormatError
-from preprocessing.mocap import MocapParams, features_to_positions, prepare
+from preprocessing.mocap import MocapParams, prepare
+from preprocessing.poses import features_to_positions
 from preprocessing.store import open_dataset
 from strategies import bvh_files
 from test_fuzz_real_files import GARBAGE_LINES, HUGE, NOT_NUMBERS, mutate

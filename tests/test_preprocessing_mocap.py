@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 
 from preprocessing.acclaim import Skeleton, forward_kinematics, parse_amc, parse_asf
 from preprocessing.errors import MocapFormatError, PreprocessingError, SourceError
-from preprocessing.mocap import MocapParams, decode, encode, features_to_positions, load_trials, prepare, skeleton_edges
+from preprocessing.mocap import MocapParams, load_trials, prepare
+from preprocessing.poses import decode, encode, features_to_positions, skeleton_edges
 from preprocessing.store import denormalise, open_dataset
 from preprocessing.textscan import parse_decimals, scan
 from conftest import stage_params

@@ -42,10 +42,10 @@ class _Frames:
         self.kind = "mocap" if "skeleton" in attrs else "images" if len(self.x_shape) in (2, 3) else None
         self.edges: list[tuple[int, int]] = []
         if self.kind == "mocap":
-            from preprocessing import mocap
+            from preprocessing import poses
 
-            self.edges = [(int(p), int(c)) for p, c in mocap.skeleton_edges(attrs)]
-            self._positions = mocap.features_to_positions
+            self.edges = [(int(p), int(c)) for p, c in poses.skeleton_edges(attrs)]
+            self._positions = poses.features_to_positions
 
     def rows(self, path: Path, rows: list[tuple[str, np.ndarray]], title: str) -> Path | None:
         """rows: (name, flat data (n, D)) -> a PNG of stick-figure or image rows."""
