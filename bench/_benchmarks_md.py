@@ -13,10 +13,10 @@ file stays as it was (tests/test_benchmarks_md.py). A script owns its NAME and n
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from pathlib import Path
+
+from preprocessing.atomic import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 MARKDOWN = ROOT / "BENCHMARKS.md"
@@ -61,13 +61,5 @@ def render_section(name: str, body: str, path: Path = MARKDOWN, note: str = "") 
     path = Path(path)
     text = path.read_bytes().decode("utf-8") if path.exists() else HEADER  # bytes as they are: no newline translation
     new = replace_section(text, name, body, note)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(new)
-        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, new)  # UTF-8 bytes as they are: no newline translation
     return path

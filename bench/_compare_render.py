@@ -1,7 +1,7 @@
 """The compare_pythae section of BENCHMARKS.md, rendered entirely from the results JSON.
 
-The section sits between its own markers (BEGIN_MARK, END_MARK); `write_markdown` replaces
-those bytes and keeps everything else of the file.
+The section sits between its own markers; `write_markdown` replaces those bytes and keeps
+everything else of the file (``_benchmarks_md.render_section``, as every bench's section).
 """
 
 from __future__ import annotations
@@ -9,11 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from _benchmarks_md import render_section
 from _compare_figures import row_label
 from _compare_setting import PYTHAE_NAMES
 
-BEGIN_MARK = "<!-- compare_pythae:begin (rendered by bench/compare_pythae.py from bench/results/compare_pythae.json) -->"
-END_MARK = "<!-- compare_pythae:end -->"
+SECTION = "compare_pythae"
+NOTE = "(rendered by bench/compare_pythae.py from bench/results/compare_pythae.json)"
 
 
 def _fmt(v: float | None, spec: str = ",.0f") -> str:
@@ -52,7 +53,6 @@ def render_markdown(results: dict[str, Any]) -> str:
     peaks = m.get("matmul_peak_gflops", {})
     steal = m.get("steal_fraction")
     lines = [
-        BEGIN_MARK,
         "## vhp_core vs pythae 0.1.2 (dynamically binarised Fashion-MNIST)",
         "",
         "All figures below come from one run of `bench/compare_pythae.py` on one machine"
@@ -134,21 +134,9 @@ def render_markdown(results: dict[str, Any]) -> str:
     notes = results.get("notes")
     if notes:
         lines += ["", "### Findings", ""] + [f"- {n}" for n in notes]
-    lines += ["", END_MARK]
     return "\n".join(lines) + "\n"
 
 
 def write_markdown(results: dict[str, Any], path: Path) -> None:
     """Replace the compare_pythae section of `path` (or create the file), keeping everything else."""
-    section = render_markdown(results)
-    if path.exists():
-        text = path.read_text()
-        if BEGIN_MARK in text and END_MARK in text:
-            head, rest = text.split(BEGIN_MARK, 1)
-            tail = rest.split(END_MARK, 1)[1]
-            text = head + section.rstrip("\n") + tail
-        else:
-            text = text.rstrip("\n") + "\n\n" + section
-    else:
-        text = "# Benchmarks\n\nFigures measured by the scripts in `bench/`; each section is rendered from its JSON.\n\n" + section
-    path.write_text(text)
+    render_section(SECTION, render_markdown(results), Path(path), note=NOTE)

@@ -1,7 +1,7 @@
 """BENCHMARKS.md's gpu section, rendered from bench/results/gpu.json between its own markers.
 
 Only the bytes between `<!-- gpu:begin ... -->` and `<!-- gpu:end -->` change; where the
-markers are missing the section is appended at the end of the file.
+markers are missing the section is appended at the end of the file (``_benchmarks_md``).
 """
 
 from __future__ import annotations
@@ -10,19 +10,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-BEGIN = "<!-- gpu:begin (rendered by bench/gpu.py from bench/results/gpu.json) -->"
-END = "<!-- gpu:end -->"
+from _benchmarks_md import render_section
 
-
-def replace_section(text: str, body: str) -> str:
-    """`text` with the gpu section's body replaced (or the section appended); nothing else changes."""
-    start = text.find("<!-- gpu:begin")
-    if start < 0:
-        return text + ("" if text.endswith("\n") or not text else "\n") + f"\n{BEGIN}\n{body}\n{END}\n"
-    stop = text.find(END, start)
-    if stop < 0:
-        raise SystemExit("BENCHMARKS.md: the gpu:begin marker has no gpu:end after it")
-    return text[:start] + f"{BEGIN}\n{body}\n" + text[stop:]
+NOTE = "(rendered by bench/gpu.py from bench/results/gpu.json)"
 
 
 def _num(value: Any, fmt: str = ",.0f") -> str:
@@ -127,6 +117,5 @@ def render(json_path: Path, md_path: Path) -> None:
     if not Path(json_path).is_file():
         raise SystemExit(f"{json_path}: no results to render; run bench/gpu.py on a GPU first")
     results = json.loads(Path(json_path).read_text())
-    md_path = Path(md_path)
-    md_path.write_text(replace_section(md_path.read_text() if md_path.exists() else "", section(results)))
+    render_section("gpu", section(results), Path(md_path), note=NOTE)
     print(f"rendered the gpu section of {md_path}")

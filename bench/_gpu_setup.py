@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from _machine import load_average
+from preprocessing.atomic import atomic_write_text
 
 # --------------------------------------------------------------------------- data
 
@@ -138,9 +139,7 @@ class Results:
         text = json.dumps(_clean(self.data), indent=2, sort_keys=True) + "\n"
         for path in self.paths:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(text)
-            os.replace(tmp, path)
+            atomic_write_text(path, text)
 
 
 def _clean(value: Any) -> Any:

@@ -47,6 +47,7 @@ from _claims_setting import (BUDGETS, DESCRIPTIONS, HELD_OUT_SUBJECT, QUICK, ROW
 from _claims_summary import METRICS, markdown, summarise  # noqa: E402
 from _machine import cores_line  # noqa: E402
 from _params import PARAMS, apply_overrides, describe  # noqa: E402
+from preprocessing.atomic import atomic_write_text  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "claims.json"
 NOTE = "(rendered by bench/claims.py from bench/results/claims.json)"
@@ -90,7 +91,7 @@ def prepare(name: str, work: Path) -> Path:
     print(f"preparing {name}: {stage} of {describe(changes)}", flush=True)
     work.mkdir(parents=True, exist_ok=True)
     params = work / f"params-prepare-{name}.yaml"
-    params.write_text(yaml.safe_dump(apply_overrides(read_params(), stage, changes, PARAMS)))
+    atomic_write_text(params, yaml.safe_dump(apply_overrides(read_params(), stage, changes, PARAMS)))
     out.parent.mkdir(parents=True, exist_ok=True)
     if main([*args, "--out", str(out), "--params", str(params), "--no-progress"]) != 0:
         raise SystemExit(f"preparing {name} failed")
@@ -196,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         results["summary"] = summarise(results["records"])
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(json.dumps(results, indent=1, default=str) + "\n")  # after every data set: resumable
+        atomic_write_text(target, json.dumps(results, indent=1, default=str) + "\n")  # after every data set: resumable
         print(f"{name}: {results['runs'][name]['seconds'] / 60:.1f} min, load average before {load_before}, "
               f"after {results['runs'][name]['load_after']}", flush=True)
     if target == RESULTS:
@@ -221,7 +222,7 @@ def reread(args: argparse.Namespace) -> int:
                                            row_folder(work, name, label))]
         results["records"] = [r for r in results["records"] if r["dataset"] != name] + records
     results["summary"] = summarise(results["records"])
-    target.write_text(json.dumps(results, indent=1, default=str) + "\n")
+    atomic_write_text(target, json.dumps(results, indent=1, default=str) + "\n")
     if target == RESULTS:
         render_section("claims", markdown(results), note=NOTE)
     print(f"read {', '.join(args.datasets)} again into {target}")

@@ -76,6 +76,7 @@ from _compare_run import run_comparison  # noqa: E402
 from _compare_runners import OursRunner, PythaeLoopRunner  # noqa: E402
 from _compare_setting import EVAL_SEED, FULL, QUICK, RUNS, Budget, Run, resolve  # noqa: E402
 from _params import describe  # noqa: E402
+from preprocessing.atomic import atomic_write_text  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "compare_pythae.json"
@@ -143,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         results["comparison"] = compare(results)
         if args.notes:
             results["notes"] = json.loads(args.notes.read_text())
-        out.write_text(json.dumps(results, indent=1) + "\n")
+        atomic_write_text(out, json.dumps(results, indent=1) + "\n")
         write_markdown(results, markdown or MARKDOWN)
         print(f"rendered {markdown or MARKDOWN} from {out}")
         return 0
@@ -153,9 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.notes:
         results["notes"] = json.loads(args.notes.read_text())
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=1) + "\n")
-    tmp.replace(out)
+    atomic_write_text(out, json.dumps(results, indent=1) + "\n")
     print(f"wrote {out}")
     print(json.dumps(results["comparison"], indent=1))
     if markdown:

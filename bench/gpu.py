@@ -59,6 +59,7 @@ from _gpu_render import render  # noqa: E402
 from _params import describe  # noqa: E402
 from _gpu_setup import (Deadline, Results, gpu_info, gpu_setting, load_fashion_mnist, merge_base,  # noqa: E402
                         parse_phases, sync)
+from preprocessing.atomic import atomic_write_text  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "gpu.json"
 TOTAL_S = 450.0  # 7.5 minutes: the 8-minute promise with room for start-up (--budget-s)
@@ -249,7 +250,7 @@ def write_setting(args) -> int:
 
     train, _ = load_fashion_mnist(Path(args.data_dir))
     setting = resolve(args.epochs, len(train[: args.train_n]))
-    Path(args.write_setting).write_text(setting.to_json())
+    atomic_write_text(Path(args.write_setting), setting.to_json())
     print(f"wrote {args.write_setting}: {describe(setting.overrides)}, {setting.epochs} epochs over "
           f"{setting.n_train} images")
     return 0

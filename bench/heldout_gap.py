@@ -47,6 +47,7 @@ from pipelines.queries import test_inputs  # noqa: E402
 from vhp_core import HierarchicalPrior  # noqa: E402
 from vhp_core.networks import set_precision  # noqa: E402
 from vhp_core.precision import evaluation_precision  # noqa: E402
+from preprocessing.atomic import atomic_write_text  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "heldout_gap.json"
 NOTE = "(rendered by bench/heldout_gap.py from bench/results/heldout_gap.json)"
@@ -357,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
                         "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())})
             results["runs"][name] = run
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(json.dumps(results, indent=1, default=str) + "\n")
+            atomic_write_text(target, json.dumps(results, indent=1, default=str) + "\n")
             print("\n".join(table(run) + sentences(run)), flush=True)
     if target == RESULTS:
         render_section("heldout_gap", markdown(results), note=NOTE)

@@ -37,6 +37,7 @@ from _params import constraint_config, describe, jsonable, model_config, train_p
 from _synthetic import synthetic_binary_batch  # noqa: E402
 from vhp_core import ConstraintState, build_model, log_likelihood, train_step  # noqa: E402
 from vhp_core.models import LatentVariableModel  # noqa: E402
+from preprocessing.atomic import atomic_write_text  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "loglik.json"
 DATASET, X_SHAPE = "fashion_mnist", (784,)  # params.yaml's entries of a Bernoulli 784-pixel data set
@@ -175,7 +176,7 @@ def main() -> None:
         "runs": runs,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")
 
 

