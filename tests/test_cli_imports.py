@@ -43,6 +43,15 @@ def test_help_of_train_builds_its_own_arguments_only():
     assert "prefect" not in heavy_imports(["train", "--help"])
 
 
+def test_the_report_runs_without_model_code(tmp_path):
+    # The report reads files: building one imports neither torch nor vhp_core (so dvc.yaml's report
+    # stage does not depend on vhp_core, and a model edit never reruns it).
+    loaded = heavy_imports(["report", "--eval", str(tmp_path / "eval"), "--models", str(tmp_path / "models"),
+                            "--out", str(tmp_path / "report"), "--params", str(ROOT / "params.yaml")])
+    assert (tmp_path / "report" / "index.html").is_file()
+    assert "torch" not in loaded and "vhp_core" not in loaded and "prefect" not in loaded, loaded
+
+
 def test_every_command_still_parses_its_own_arguments():
     from pipelines.cli import COMMANDS, build_parser
 
