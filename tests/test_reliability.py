@@ -40,6 +40,7 @@ def train_cmd(tmp: Path, out: str, params: Path) -> list[str]:
             "--no-progress"]
 
 
+@pytest.mark.slow  # three `vhp train` processes (25 s); in-process resume: test_validation.py, test_core_training.py
 def test_sigkilled_training_resumes_and_ends_like_an_uninterrupted_run(tmp_path, flow_env):
     synthetic_group(tmp_path / "toy.zarr", n_train=192)
     params = long_run_params(tmp_path / "params.yaml")
