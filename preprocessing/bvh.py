@@ -1,4 +1,5 @@
-"""Biovision BVH motions: any skeleton, any channel layout, and forward kinematics.
+"""Biovision BVH motions: any skeleton, any channel layout (the reader; the skeleton and its
+forward kinematics are ``preprocessing.skeletons``' ``BvhSkeleton`` and ``bvh_forward_kinematics``).
 
 Based on the BVH description of Biovision as written up by M. Meredith and S. Maddock,
 "Motion Capture File Formats Explained" (University of Sheffield, 2001), and the CMU
@@ -33,17 +34,17 @@ and line, and for a value the frame, the channel and the text of the value.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
 
 import numpy as np
 
-from preprocessing.acclaim import MAX_ABS_ANGLE_DEG, MAX_ABS_POSITION, ROTATION_DOFS, Motion, _axis_rotation
+from preprocessing.acclaim import MAX_ABS_ANGLE_DEG, MAX_ABS_POSITION, ROTATION_DOFS, Motion
 from preprocessing.errors import MocapFormatError
+from preprocessing.skeletons import BvhJoint, BvhSkeleton
 from preprocessing.textscan import Scan, parse_decimals, scan_file
 
-__all__ = ["BvhJoint", "BvhSkeleton", "BvhMotion", "parse_bvh", "bvh_forward_kinematics", "CHANNEL_DOFS"]
+__all__ = ["BvhMotion", "parse_bvh", "CHANNEL_DOFS"]
 
 CHANNEL_DOFS = {
     "xposition": "tx", "yposition": "ty", "zposition": "tz",
@@ -52,72 +53,6 @@ CHANNEL_DOFS = {
 _DECIMAL = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 MAX_FPS = 1e5  # a frame time below 10 us is a typing error
 MIN_FPS = 1e-3
-
-
-@dataclass(frozen=True)
-class BvhJoint:
-    name: str
-    parent: str  # "" for the root
-    offset: tuple[float, float, float]
-    dof: tuple[str, ...]  # channels in file order, e.g. ('tx', 'ty', 'tz', 'rz', 'rx', 'ry')
-    end_site: tuple[float, float, float] | None = None
-
-
-@dataclass(frozen=True)
-class BvhSkeleton:
-    name: str
-    joints: tuple[BvhJoint, ...]  # parents before children (file order)
-    source: str = ""
-    _index: dict = field(default_factory=dict, repr=False, compare=False)
-
-    @property
-    def root(self) -> str:
-        return self.joints[0].name
-
-    def dof_names(self) -> list[str]:
-        """Every channel of a frame as '<joint>.<dof>', in the file's column order."""
-        return [f"{j.name}.{d}" for j in self.joints for d in j.dof]
-
-    @property
-    def joint_names(self) -> list[str]:
-        """Joints of the stick figure: every joint, then every end site ('<joint>.end')."""
-        return [j.name for j in self.joints] + [f"{j.name}.end" for j in self.joints if j.end_site is not None]
-
-    def edges(self) -> list[tuple[int, int]]:
-        names = {n: i for i, n in enumerate(self.joint_names)}
-        out = [(names[j.parent], names[j.name]) for j in self.joints if j.parent]
-        out += [(names[j.name], names[f"{j.name}.end"]) for j in self.joints if j.end_site is not None]
-        return out
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able description (stored in the zarr attributes)."""
-        return {
-            "format": "bvh",
-            "name": self.name,
-            "root": self.root,
-            "position_unit": "BVH file units",
-            "rotation": "channels applied in file order: 'rz rx ry' is Rz @ Rx @ Ry; degrees",
-            "joints": [
-                {"name": j.name, "parent": j.parent, "offset": list(j.offset), "dof": list(j.dof),
-                 "end_site": list(j.end_site) if j.end_site is not None else None}
-                for j in self.joints
-            ],
-            "joint_names": self.joint_names,
-            "edges": [list(e) for e in self.edges()],
-            "source": self.source,
-        }
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "BvhSkeleton":
-        return cls(
-            name=d["name"],
-            joints=tuple(
-                BvhJoint(j["name"], j["parent"], tuple(j["offset"]), tuple(j["dof"]),
-                         tuple(j["end_site"]) if j["end_site"] is not None else None)
-                for j in d["joints"]
-            ),
-            source=d.get("source", ""),
-        )
 
 
 @dataclass(frozen=True)
@@ -305,40 +240,3 @@ def _read_frames(tok: _Tokens, skeleton: BvhSkeleton, n_frames: int, frames_at: 
         unit = f"{MAX_ABS_ANGLE_DEG:.6g} degrees" if rotation[c] else f"{MAX_ABS_POSITION:.6g} file units"
         tok.fail(f"frame {k // n_channels}: {names[c]} = {sc.token(int(tokens[k])).decode('latin-1')!r} is beyond the plausible bound of +-{unit}", int(tokens[k]))
     return values.reshape(n_frames, n_channels)
-
-
-# --------------------------------------------------------------------------- kinematics
-
-
-def bvh_forward_kinematics(skeleton: BvhSkeleton, frames: np.ndarray, dof_names: list[str] | tuple[str, ...] | None = None) -> np.ndarray:
-    """Positions (N, J, 3) of ``skeleton.joint_names`` for frames (N, D) whose columns
-    are ``dof_names`` (default: every channel); channels not given are zero. Angles in
-    degrees, positions in the file's units."""
-    frames = np.atleast_2d(np.asarray(frames, dtype=np.float64))
-    n = len(frames)
-    names = list(dof_names) if dof_names is not None else skeleton.dof_names()
-    column = {name: i for i, name in enumerate(names)}
-
-    def channel(joint: str, dof: str) -> np.ndarray:
-        i = column.get(f"{joint}.{dof}")
-        return frames[:, i] if i is not None else np.zeros(n)
-
-    index = {n_: i for i, n_ in enumerate(skeleton.joint_names)}
-    positions = np.zeros((n, len(index), 3))
-    rotations: dict[str, np.ndarray] = {}
-    for j in skeleton.joints:
-        local = np.broadcast_to(np.eye(3), (n, 3, 3)).copy()
-        for d in j.dof:
-            if d in ROTATION_DOFS:
-                local = local @ _axis_rotation(d[1], np.radians(channel(j.name, d)))
-        shift = np.asarray(j.offset) + np.stack([channel(j.name, d) for d in ("tx", "ty", "tz")], axis=1)
-        if j.parent:
-            parent_rot = rotations[j.parent]
-            positions[:, index[j.name]] = positions[:, index[j.parent]] + (parent_rot @ shift[..., None])[..., 0]
-            rotations[j.name] = parent_rot @ local
-        else:
-            positions[:, index[j.name]] = shift
-            rotations[j.name] = local
-        if j.end_site is not None:
-            positions[:, index[f"{j.name}.end"]] = positions[:, index[j.name]] + rotations[j.name] @ np.asarray(j.end_site)
-    return positions

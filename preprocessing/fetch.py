@@ -29,12 +29,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from preprocessing.acclaim import Skeleton, parse_amc, parse_asf
+from preprocessing.acclaim import parse_amc, parse_asf
 from preprocessing.cmu_labels import MOTION_LABELS
 from preprocessing.download import DownloadError, NotFoundError, atomic_write_text, fetch_file
 from preprocessing.embedded import sha256_file
 from preprocessing.errors import MocapFormatError, SourceError
 from preprocessing.meshes import read_blendshapes, read_obj, read_sfm
+from preprocessing.skeletons import Skeleton
 
 CMU_BASE_URL = "http://mocap.cs.cmu.edu/subjects"
 CMU_BASE_URL_ENV = "VHP_CMU_BASE_URL"

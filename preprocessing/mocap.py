@@ -23,7 +23,7 @@ from typing import Any, Literal, Mapping
 
 import numpy as np
 
-from preprocessing.acclaim import ROTATION_DOFS, TRANSLATION_DOFS, Skeleton, parse_amc, parse_asf
+from preprocessing.acclaim import parse_amc, parse_asf
 from preprocessing.embedded import fetch_embedded_mocap, sha256_file
 from preprocessing.errors import MocapFormatError
 from preprocessing.mocap_sources import (  # noqa: F401  (Trial, UNLABELLED re-exported: the trial record)
@@ -35,6 +35,7 @@ from preprocessing.mocap_sources import (  # noqa: F401  (Trial, UNLABELLED re-e
     read_labels,
 )
 from preprocessing.poses import encode
+from preprocessing.skeletons import ROTATION_DOFS, TRANSLATION_DOFS, Skeleton
 from preprocessing.store import write_dataset
 
 __all__ = [

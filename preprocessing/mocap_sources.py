@@ -40,7 +40,7 @@ class Trial:
     trial: str
     motion: str
     path: Path
-    skeleton: Any  # acclaim.Skeleton, bvh.BvhSkeleton or amass.SmplTree
+    skeleton: Any  # skeletons.Skeleton, skeletons.BvhSkeleton or amass.SmplTree
     motion_data: Motion
     fps: float = SOURCE_FPS
 

@@ -3,8 +3,8 @@
 The angle encoding (``encode`` for ``prepare_mocap``, ``decode`` its inverse) and the way
 back from stored features to joint positions (``features_to_positions``) and bones
 (``skeleton_edges``), through the skeleton kept in the group's attributes and its
-forward kinematics (``preprocessing.acclaim`` for ASF/AMC and AMASS skeletons,
-``preprocessing.bvh`` for BVH ones). Evaluation draws its stick figures with these
+forward kinematics (``preprocessing.skeletons``: the ASF skeleton, which also carries
+AMASS's trees, and the BVH hierarchy). Evaluation draws its stick figures with these
 alone, so it does not depend on how motions are read, labelled or split.
 """
 
@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from preprocessing.acclaim import ROTATION_DOFS, Skeleton, forward_kinematics
+from preprocessing.skeletons import ROTATION_DOFS, BvhSkeleton, Skeleton, bvh_forward_kinematics, forward_kinematics
 from preprocessing.store import denormalise
 
 
@@ -63,8 +63,6 @@ def features_to_positions(features: np.ndarray, attrs: Mapping[str, Any], normal
     raw = denormalise(features, attrs) if normalised else features
     channels_deg, names = decode(raw, list(attrs["feature_names"]))
     if attrs["skeleton"].get("format") == "bvh":
-        from preprocessing.bvh import BvhSkeleton, bvh_forward_kinematics
-
         return bvh_forward_kinematics(BvhSkeleton.from_dict(attrs["skeleton"]), channels_deg, names)
     skeleton = Skeleton.from_dict(attrs["skeleton"])
     return forward_kinematics(skeleton, channels_deg, names, angle_unit="deg")

@@ -15,7 +15,8 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from bvh_convert import local_rotations
-from preprocessing.acclaim import Motion, Skeleton
+from preprocessing.acclaim import Motion
+from preprocessing.skeletons import Skeleton
 from preprocessing.amass import TREES
 
 CMU_TO_SMPLH = {

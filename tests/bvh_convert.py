@@ -7,7 +7,7 @@ baked in, so every BVH joint frame is aligned with the world at rest), written a
 without degrees of freedom gets ``CHANNELS 0``. The children's OFFSET is the bone's
 vector (``direction * length``); a leaf bone ends in an End Site. Lengths and the root
 translation are divided by ``units length`` (inches for CMU), as in
-``acclaim.forward_kinematics``.
+``skeletons.forward_kinematics``.
 
 Documented differences from the AMC channels, then: translations in inches rather
 than ASF units; rotations of bones whose ASF ``axis`` is not zero are re-expressed in
@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from preprocessing.acclaim import ROTATION_DOFS, Motion, Skeleton, _axis_rotation, euler_matrix
+from preprocessing.acclaim import Motion
+from preprocessing.skeletons import ROTATION_DOFS, Skeleton, axis_rotation, euler_matrix
 
 
 def zyx_angles(r: np.ndarray) -> np.ndarray:
@@ -40,7 +41,7 @@ def local_rotations(skeleton: Skeleton, motion: Motion) -> dict[str, np.ndarray]
         m = np.broadcast_to(np.eye(3), (n, 3, 3)).copy()
         for d in dofs:
             if d in ROTATION_DOFS:
-                m = _axis_rotation(d[1], np.radians(frames[:, column[f"{bone}.{d}"]])) @ m
+                m = axis_rotation(d[1], np.radians(frames[:, column[f"{bone}.{d}"]])) @ m
         return m
 
     c = euler_matrix(skeleton.root_axis, rad(np.asarray(skeleton.root_orientation, dtype=float)))
@@ -95,7 +96,7 @@ def amc_to_bvh(skeleton: Skeleton, motion: Motion, frame_time: float = 1 / 120) 
 
 
 def amc_joint_of_bvh(skeleton: Skeleton) -> list[str]:
-    """For every joint of ``acclaim.forward_kinematics`` (root, then every bone's end),
+    """For every joint of ``skeletons.forward_kinematics`` (root, then every bone's end),
     the BVH joint at the same place (root; a child joint of the bone, or its End Site)."""
     children: dict[str, list[str]] = {}
     for b in skeleton.bones:

@@ -27,7 +27,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipelines.cli import main
-from preprocessing.acclaim import MAX_ABS_ANGLE_DEG, MAX_ABS_POSITION, Skeleton, parse_amc, parse_asf
+from preprocessing.acclaim import MAX_ABS_ANGLE_DEG, MAX_ABS_POSITION, parse_amc, parse_asf
+from preprocessing.skeletons import Skeleton
 from preprocessing.errors import MeshFormatError, MocapFormatError
 from preprocessing.meshes import MAX_ABS_COORDINATE, read_blendshapes, read_obj, read_sfm
 

@@ -22,11 +22,12 @@ from scipy.spatial.transform import Rotation
 from bvh_convert import amc_joint_of_bvh, amc_to_bvh
 from conftest import SHIPPED_DATA, stage_params
 from pipelines.cli import main
-from preprocessing.acclaim import MAX_ABS_ANGLE_DEG, forward_kinematics, parse_amc, parse_asf
-from preprocessing.bvh import bvh_forward_kinematics, parse_bvh
+from preprocessing.acclaim import MAX_ABS_ANGLE_DEG, parse_amc, parse_asf
+from preprocessing.bvh import parse_bvh
 from preprocessing.errors import MocapFormatError
 from preprocessing.mocap import MocapParams, prepare
 from preprocessing.poses import features_to_positions
+from preprocessing.skeletons import bvh_forward_kinematics, forward_kinematics
 from preprocessing.store import open_dataset
 from strategies import bvh_files
 from test_fuzz_real_files import GARBAGE_LINES, HUGE, NOT_NUMBERS, mutate

@@ -15,10 +15,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from preprocessing.acclaim import Skeleton, forward_kinematics, parse_amc, parse_asf
+from preprocessing.acclaim import parse_amc, parse_asf
 from preprocessing.errors import MocapFormatError, PreprocessingError, SourceError
 from preprocessing.mocap import MocapParams, load_trials, prepare
 from preprocessing.poses import decode, encode, features_to_positions, skeleton_edges
+from preprocessing.skeletons import Skeleton, forward_kinematics
 from preprocessing.store import denormalise, open_dataset
 from preprocessing.textscan import parse_decimals, scan
 from conftest import stage_params

@@ -152,6 +152,22 @@ def test_training_refuses_a_broken_zarr_group_before_writing_anything(tmp_path, 
     assert "toy.zarr" in err and "another training run" not in err
 
 
+def test_the_run_lock_refuses_a_second_holder_naming_the_first_and_dies_with_it(tmp_path):
+    from pipelines.errors import RunLockedError
+    from pipelines.runtime import run_lock
+
+    folder = tmp_path / "ck"
+    with run_lock(folder):
+        assert (folder / ".train.pid").read_text() == str(os.getpid())
+        with pytest.raises(RunLockedError, match=rf"another training run \(pid {os.getpid()}\) is writing here"):
+            with run_lock(folder):
+                pass
+    assert not folder.exists()  # released: lock, pid note and the folder it made are gone
+    with run_lock(folder):  # and a new run takes it
+        pass
+
+
+@pytest.mark.slow  # three `vhp train` processes (16 s); the lock itself: the test above
 def test_a_second_training_of_the_same_model_is_refused_naming_the_first_ones_pid(tmp_path, flow_env):
     """Two real `vhp train` processes for the same data set and model (the same checkpoint folder)."""
     synthetic_group(tmp_path / "toy.zarr", n_train=192)
