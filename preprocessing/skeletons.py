@@ -19,6 +19,11 @@ ROTATION_DOFS = ("rx", "ry", "rz")
 TRANSLATION_DOFS = ("tx", "ty", "tz")
 
 
+def _drawing_keys(skeleton: Skeleton | BvhSkeleton) -> dict[str, Any]:
+    """The keys every stored skeleton ends with: what a drawing needs (joints, bones as index pairs), its source."""
+    return {"joint_names": skeleton.joint_names, "edges": [list(e) for e in skeleton.edges()], "source": skeleton.source}
+
+
 @dataclass(frozen=True)
 class Bone:
     name: str
@@ -89,9 +94,7 @@ class Skeleton:
                 }
                 for b in self.bones
             ],
-            "joint_names": self.joint_names,
-            "edges": [list(e) for e in self.edges()],
-            "source": self.source,
+            **_drawing_keys(self),
         }
 
     @classmethod
@@ -169,9 +172,7 @@ class BvhSkeleton:
                  "end_site": list(j.end_site) if j.end_site is not None else None}
                 for j in self.joints
             ],
-            "joint_names": self.joint_names,
-            "edges": [list(e) for e in self.edges()],
-            "source": self.source,
+            **_drawing_keys(self),
         }
 
     @classmethod
