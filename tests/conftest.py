@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 
@@ -106,18 +107,43 @@ def harness():
         yield
 
 
-SHIPPED_DATA = REPO_ROOT / "tests" / "data"  # small reference files kept in the repository (see its README)
-
-
-@pytest.fixture(scope="session")
-def cmu_reference() -> Path:
-    """The few CMU ASF/AMC trials shipped in tests/data/cmu: every clone has them."""
-    return SHIPPED_DATA / "cmu"
-
-
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     path = shared_data_dir()
     if path is None:
         pytest.skip("reference data not found: set VHP_DATA_DIR or place shared/data beside the clone")
     return path
+
+
+# The few real CMU files the reader tests use, taken from the shared reference set (real data
+# is never kept in the repository): subject 09's two running trials (128 frames each; the ASF
+# has CRLF line endings), subject 10's soccer kick (CRLF), the skeletons of subjects 01 and 07.
+REFERENCE_CMU = ("01/01.asf", "07/07.asf", "09/09.asf", "09/09_03.amc", "09/09_08.amc", "10/10.asf", "10/10_03.amc")
+REFERENCE_BVH = ("09_03", "09_08")  # subject 09's trials converted to BVH by tests/bvh_convert.py
+
+
+@pytest.fixture(scope="session")
+def reference_data(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder of the files above: ``cmu/`` (with their rows of the shared INDEX.tsv) and
+    ``bvh/09/`` (the BVH conversion of subject 09's trials, as the public CMU BVH sets are made)."""
+    from bvh_convert import amc_to_bvh
+    from preprocessing.acclaim import parse_amc, parse_asf
+
+    root = tmp_path_factory.mktemp("reference")
+    for name in REFERENCE_CMU:
+        (root / "cmu" / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(shared_data / "cmu" / name, root / "cmu" / name)
+    header, *rows = (shared_data / "cmu" / "INDEX.tsv").read_text().splitlines(keepends=True)
+    (root / "cmu" / "INDEX.tsv").write_text(header + "".join(r for r in rows if r.split("\t")[2] in REFERENCE_CMU))
+    skeleton = parse_asf(root / "cmu" / "09" / "09.asf")
+    (root / "bvh" / "09").mkdir(parents=True)
+    for trial in REFERENCE_BVH:
+        motion = parse_amc(root / "cmu" / "09" / f"{trial}.amc", skeleton)
+        (root / "bvh" / "09" / f"{trial}.bvh").write_text(amc_to_bvh(skeleton, motion))
+    return root
+
+
+@pytest.fixture(scope="session")
+def cmu_reference(reference_data: Path) -> Path:
+    """The CMU ASF/AMC files of ``reference_data`` (skips without the shared reference set)."""
+    return reference_data / "cmu"

@@ -27,7 +27,6 @@ import numpy as np
 import pytest
 
 from builders import ROOT, synthetic_group, write_params
-from conftest import SHIPPED_DATA
 from pipelines.cli import main
 from preprocessing.atomic import atomic_write, atomic_write_text, new_file_mode
 from preprocessing.errors import PreprocessingError, WriteError
@@ -176,8 +175,8 @@ def _mocap_params(tmp_path: Path, source: Path, **changes) -> Path:
     return write_params(tmp_path / "params.yaml", prepare_mocap={"source": str(source), **changes})
 
 
-def test_prepare_on_a_full_disk_exits_2_with_one_line_and_no_temporary(tmp_path, capsys) -> None:
-    params = _mocap_params(tmp_path, SHIPPED_DATA / "cmu", subjects=["09", "10"], segment_frames=16, frame_step=1)
+def test_prepare_on_a_full_disk_exits_2_with_one_line_and_no_temporary(tmp_path, capsys, cmu_reference) -> None:
+    params = _mocap_params(tmp_path, cmu_reference, subjects=["09", "10"], segment_frames=16, frame_step=1)
     out = tmp_path / "out" / "mocap.zarr"
     out.parent.mkdir()
     with file_size_limit(16384):  # the CLI's own small files pass; the group's chunks do not
@@ -188,8 +187,8 @@ def test_prepare_on_a_full_disk_exits_2_with_one_line_and_no_temporary(tmp_path,
     assert list(out.parent.iterdir()) == []  # no .mocap.zarr.tmp-* folder
 
 
-def test_prepare_on_a_real_full_tmpfs(tiny_disk, tmp_path, capsys) -> None:
-    params = _mocap_params(tmp_path, SHIPPED_DATA / "cmu", subjects=["09", "10"], segment_frames=16, frame_step=1)
+def test_prepare_on_a_real_full_tmpfs(tiny_disk, tmp_path, capsys, cmu_reference) -> None:
+    params = _mocap_params(tmp_path, cmu_reference, subjects=["09", "10"], segment_frames=16, frame_step=1)
     out = tiny_disk / "mocap.zarr"
     _fill(tiny_disk, 16384)
     code = main(["prepare", "mocap", "--out", str(out), "--params", str(params), "--no-progress"])
@@ -233,17 +232,15 @@ def test_the_train_task_retries_only_what_a_retry_can_fix(err, retry) -> None:
 NOT_UTF8 = b"\xff\xfe\x80\xc3\x28 \xe9t\xe9 \xa0\n"
 
 
-def _readers(tmp_path: Path) -> dict:
-    """name -> (file with non-UTF-8 bytes spliced in, function reading it)."""
+def _readers(tmp_path: Path, reference: Path | None) -> dict:
+    """name -> (file with non-UTF-8 bytes spliced in, function reading it); the real-file readers
+    only with the reference data (``reference_data``)."""
     from pipelines.params_file import read_yaml
     from preprocessing.acclaim import parse_amc, parse_asf
     from preprocessing.amass import read_amass
     from preprocessing.bvh import parse_bvh
     from preprocessing.meshes import read_obj, read_ply
     from preprocessing.mocap_sources import _read_index
-
-    cmu = SHIPPED_DATA / "cmu" / "09"
-    skeleton = parse_asf(cmu / "09.asf")
 
     def spliced(name: str, data: bytes, at: float = 0.5) -> Path:
         i = data.index(b"\n", int(len(data) * at)) + 1
@@ -253,27 +250,35 @@ def _readers(tmp_path: Path) -> dict:
 
     obj = b"v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 3\n"
     ply = b"ply\nformat ascii 1.0\nelement vertex 3\nproperty float x\nproperty float y\nproperty float z\nelement face 1\nproperty list uchar int vertex_indices\nend_header\n0 0 0\n1 0 0\n0 1 0\n3 0 1 2\n"
-    return {
+    readers = {
         "params.yaml": (spliced("params.yaml", (ROOT / "params.yaml").read_bytes()), read_yaml),
-        "ASF": (spliced("09.asf", (cmu / "09.asf").read_bytes()), parse_asf),
-        "AMC": (spliced("09_03.amc", (cmu / "09_03.amc").read_bytes()), lambda p: parse_amc(p, skeleton)),
-        "BVH": (spliced("09_03.bvh", (SHIPPED_DATA / "bvh" / "09" / "09_03.bvh").read_bytes()), parse_bvh),
-        "BVH joint name": (spliced("name.bvh", (SHIPPED_DATA / "bvh" / "09" / "09_03.bvh").read_bytes().replace(b"JOINT lfemur", b"JOINT lf\xffemur"), 0.0), parse_bvh),
         "OBJ": (spliced("m.obj", obj, 0.0), read_obj),
         "PLY": (spliced("m.ply", ply, 0.0), read_ply),
         "npz": (spliced("t.npz", b"PK\x03\x04" + bytes(range(256)) * 4 + b"\n", 0.0), read_amass),
-        "INDEX.tsv": (spliced("INDEX.tsv", (SHIPPED_DATA / "cmu" / "INDEX.tsv").read_bytes()), _read_index),
+    }
+    if reference is None:
+        return readers
+    cmu, bvh = reference / "cmu" / "09", (reference / "bvh" / "09" / "09_03.bvh").read_bytes()
+    skeleton = parse_asf(cmu / "09.asf")
+    return readers | {
+        "ASF": (spliced("09.asf", (cmu / "09.asf").read_bytes()), parse_asf),
+        "AMC": (spliced("09_03.amc", (cmu / "09_03.amc").read_bytes()), lambda p: parse_amc(p, skeleton)),
+        "BVH": (spliced("09_03.bvh", bvh), parse_bvh),
+        "BVH joint name": (spliced("name.bvh", bvh.replace(b"JOINT lfemur", b"JOINT lf\xffemur"), 0.0), parse_bvh),
+        "INDEX.tsv": (spliced("INDEX.tsv", (reference / "cmu" / "INDEX.tsv").read_bytes()), _read_index),
     }
 
 
 READERS = ["params.yaml", "ASF", "AMC", "BVH", "BVH joint name", "OBJ", "PLY", "npz", "INDEX.tsv"]
+ON_REAL_FILES = ("ASF", "AMC", "BVH", "BVH joint name", "INDEX.tsv")  # need the reference data
 
 
 @pytest.mark.parametrize("name", READERS)
-def test_every_reader_given_bytes_that_are_not_utf8_reads_or_refuses_naming_the_file(tmp_path, name) -> None:
+def test_every_reader_given_bytes_that_are_not_utf8_reads_or_refuses_naming_the_file(tmp_path, name, request) -> None:
     from pipelines.params_file import ParamsError
 
-    path, read = _readers(tmp_path)[name]
+    reference = request.getfixturevalue("reference_data") if name in ON_REAL_FILES else None
+    path, read = _readers(tmp_path, reference)[name]
     try:
         got = read(path)
     except (PreprocessingError, ParamsError) as err:
@@ -304,14 +309,14 @@ def test_the_cli_refuses_an_undecodable_params_file_in_one_line(tmp_path, capsys
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
 
 
-def test_a_read_only_output_folder_is_one_line(tmp_path, capsys) -> None:
+def test_a_read_only_output_folder_is_one_line(tmp_path, capsys, cmu_reference) -> None:
     if os.geteuid() == 0:
         pytest.skip("root writes into read-only folders")
     out = tmp_path / "ro"
     out.mkdir()
     out.chmod(0o555)
     try:
-        params = _mocap_params(tmp_path, SHIPPED_DATA / "cmu", subjects=["09"], segment_frames=16)
+        params = _mocap_params(tmp_path, cmu_reference, subjects=["09"], segment_frames=16)
         code = main(["prepare", "mocap", "--out", str(out / "m.zarr"), "--params", str(params), "--no-progress"])
     finally:
         out.chmod(0o755)

@@ -1,6 +1,6 @@
 """Fuzzing of mutated real files: CMU ASF/AMC trials and the Surrey Face Model.
 
-Real files (the CMU trials shipped in tests/data, the Surrey Face Model from the shared
+Real files (CMU trials and the Surrey Face Model from the shared
 reference folder) are mutated one change at a time (a line
 deleted, duplicated, swapped or inserted, a number corrupted or made huge, bytes
 inserted, the file truncated, the line endings flipped). Each mutated file must either
@@ -47,9 +47,9 @@ GARBAGE_LINES = ["abc def", "12 13 14", ":DEGREES", "#", "root", "lfemur 1 2 3",
 
 @pytest.fixture(scope="module")
 def cmu(cmu_reference: Path) -> Path:
-    """The CMU trials shipped in tests/data/cmu (copies of the shared reference files)."""
+    """The CMU trials of the ``reference_data`` fixture (copies of the shared reference files)."""
     missing = [f for pair in PAIRS for f in pair if not (cmu_reference / f).is_file()]
-    assert not missing, f"shipped CMU files missing: {missing}"
+    assert not missing, f"reference CMU files missing: {missing}"
     return cmu_reference
 
 

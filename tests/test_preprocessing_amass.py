@@ -1,6 +1,6 @@
 """AMASS reader (preprocessing.amass) and ``vhp prepare mocap`` on AMASS folders.
 
-The archives are SMPL-H-shaped ``.npz`` files built from the shipped CMU trials
+The archives are SMPL-H-shaped ``.npz`` files built from the reference CMU trials
 (tests/amass_fixture.py). The Euler channels are checked against scipy's rotations of
 the axis-angle input; the folder layout, labels, frame-rate resampling, bounds and
 refusals through the command line as for the other formats.
@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from scipy.spatial.transform import Rotation
 
 from amass_fixture import amass_arrays, write_amass
-from conftest import SHIPPED_DATA, stage_params
+from conftest import stage_params
 from pipelines.cli import main
 from preprocessing.acclaim import parse_amc, parse_asf
 from preprocessing.amass import TREES, axis_angle_to_matrix, matrix_to_xyz_euler, read_amass
@@ -30,15 +30,14 @@ from preprocessing.store import open_dataset
 from strategies import seeds
 
 ROOT = Path(__file__).resolve().parents[1]
-CMU = SHIPPED_DATA / "cmu"
 
 
 @pytest.fixture(scope="module")
-def arrays() -> dict[str, dict[str, np.ndarray]]:
+def arrays(cmu_reference: Path) -> dict[str, dict[str, np.ndarray]]:
     out = {}
     for subject, trial in (("09", "09_03"), ("09", "09_08"), ("10", "10_03")):
-        sk = parse_asf(CMU / subject / f"{subject}.asf")
-        out[trial] = amass_arrays(sk, parse_amc(CMU / subject / f"{trial}.amc", sk))
+        sk = parse_asf(cmu_reference / subject / f"{subject}.asf")
+        out[trial] = amass_arrays(sk, parse_amc(cmu_reference / subject / f"{trial}.amc", sk))
     return out
 
 

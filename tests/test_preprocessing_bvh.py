@@ -2,13 +2,14 @@
 
 Checked against independent computations: forward kinematics with scipy's Euler
 rotations for random skeletons and channel layouts, and the Acclaim path on a real CMU
-trial converted to BVH (tests/bvh_convert.py; shipped in tests/data/bvh). Mutations of
+trial converted to BVH (tests/bvh_convert.py; the ``reference_data`` fixture). Mutations of
 the real file parse or are refused at the mutated line; through the command line a bad
 file ends with exit status 2, one line and nothing written.
 """
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from hypothesis import strategies as st
 from scipy.spatial.transform import Rotation
 
 from bvh_convert import amc_joint_of_bvh, amc_to_bvh
-from conftest import SHIPPED_DATA, stage_params
+from conftest import stage_params
 from pipelines.cli import main
 from preprocessing.acclaim import MAX_ABS_ANGLE_DEG, parse_amc, parse_asf
 from preprocessing.bvh import parse_bvh
@@ -33,8 +34,15 @@ from strategies import bvh_files
 from test_fuzz_real_files import GARBAGE_LINES, HUGE, NOT_NUMBERS, mutate
 
 ROOT = Path(__file__).resolve().parents[1]
-BVH = SHIPPED_DATA / "bvh" / "09" / "09_03.bvh"
-CMU = SHIPPED_DATA / "cmu"
+# sha256 of the BVH conversion of subject 09's trials (tests/bvh_convert.py): pins the converter
+BVH_SHA256 = {"09_03": "10b48e3afb5a1f0c803cd64709d7acb95fca892fc3aae0ba63e818a3dac8533e",
+              "09_08": "c24d919a6edd4f7b036d1517eac3b3e3a63ac5f768c4b42b347b57c0816b4b42"}
+
+
+@pytest.fixture(scope="module")
+def bvh_path(reference_data: Path) -> Path:
+    """A real CMU trial (09_03) converted to BVH."""
+    return reference_data / "bvh" / "09" / "09_03.bvh"
 
 
 def write_spec(spec: dict) -> str:
@@ -112,16 +120,16 @@ def test_any_skeleton_and_channel_layout_matches_scipy_forward_kinematics(spec, 
     assert len(sk.edges()) == len(sk.joint_names) - 1
 
 
-def _amc(trial: str = "09_03"):
-    sk = parse_asf(CMU / "09" / "09.asf")
-    return sk, parse_amc(CMU / "09" / f"{trial}.amc", sk)
+def _amc(cmu: Path, trial: str = "09_03"):
+    sk = parse_asf(cmu / "09" / "09.asf")
+    return sk, parse_amc(cmu / "09" / f"{trial}.amc", sk)
 
 
-def test_shipped_bvh_of_a_cmu_trial_agrees_with_the_amc_path() -> None:
+def test_the_bvh_of_a_cmu_trial_agrees_with_the_amc_path(bvh_path: Path, cmu_reference: Path) -> None:
     """Positions agree everywhere; channels agree (mod 360) where the conversion keeps them:
     the root and the bones whose ASF axis is zero. Translations are in inches (ASF units / 0.45)."""
-    sk, motion = _amc()
-    read = parse_bvh(BVH)
+    sk, motion = _amc(cmu_reference)
+    read = parse_bvh(bvh_path)
     assert read.fps == 120.0 and read.motion.values.shape[0] == len(motion.values)
     amc_pos = forward_kinematics(sk, motion.in_degrees(), motion.dof_names)
     bvh_pos = bvh_forward_kinematics(read.skeleton, read.motion.values)[:, [read.skeleton.joint_names.index(n) for n in amc_joint_of_bvh(sk)]]
@@ -144,9 +152,12 @@ def test_shipped_bvh_of_a_cmu_trial_agrees_with_the_amc_path() -> None:
     assert compared >= 20
 
 
-def test_shipped_bvh_files_are_the_conversion_of_the_shipped_amc() -> None:
-    sk, motion = _amc("09_08")
-    assert (SHIPPED_DATA / "bvh" / "09" / "09_08.bvh").read_text() == amc_to_bvh(sk, motion)
+def test_the_bvh_conversion_of_the_cmu_trials_is_unchanged(reference_data: Path, cmu_reference: Path) -> None:
+    for trial, digest in BVH_SHA256.items():
+        sk, motion = _amc(cmu_reference, trial)
+        text = amc_to_bvh(sk, motion)
+        assert hashlib.sha256(text.encode()).hexdigest() == digest, trial
+        assert (reference_data / "bvh" / "09" / f"{trial}.bvh").read_text() == text
 
 
 def _labels(folder: Path) -> None:
@@ -154,12 +165,13 @@ def _labels(folder: Path) -> None:
 
 
 @pytest.mark.parametrize("encoding", ["degrees", "sincos"])
-def test_prepare_a_bvh_folder_gives_the_amc_path_features_up_to_the_documented_differences(tmp_path, encoding) -> None:
+def test_prepare_a_bvh_folder_gives_the_amc_path_features_up_to_the_documented_differences(tmp_path, encoding,
+                                                                                          reference_data) -> None:
     amc_src, bvh_src = tmp_path / "amc" / "09", tmp_path / "bvh" / "09"
     amc_src.mkdir(parents=True)
     for name in ("09.asf", "09_03.amc", "09_08.amc"):
-        shutil.copy(CMU / "09" / name, amc_src / name)
-    shutil.copytree(SHIPPED_DATA / "bvh" / "09", bvh_src)
+        shutil.copy(reference_data / "cmu" / "09" / name, amc_src / name)
+    shutil.copytree(reference_data / "bvh" / "09", bvh_src)
     for top in (tmp_path / "amc", tmp_path / "bvh"):
         _labels(top)
     common = dict(segment_frames=16, val_fraction=0.0, angle_encoding=encoding, labels_csv="labels.csv", drop_root_translation=False)
@@ -171,7 +183,7 @@ def test_prepare_a_bvh_folder_gives_the_amc_path_features_up_to_the_documented_d
     assert b.attrs["units"]["fps"] == a.attrs["units"]["fps"] == 30.0
     assert b.attrs["units"]["translation"] == "BVH file units"
     assert "root.tx" in b.attrs["channels"] and "root.rz" in b.attrs["channels"]
-    sk = parse_asf(CMU / "09" / "09.asf")
+    sk = parse_asf(reference_data / "cmu" / "09" / "09.asf")
     pick = [b.attrs["skeleton"]["joint_names"].index(n) for n in amc_joint_of_bvh(sk)]
     for split in ("train", "test"):
         xa, xb = getattr(a, split), getattr(b, split)
@@ -212,8 +224,8 @@ def test_a_malformed_bvh_is_refused_with_the_file_and_line(tmp_path, text, line,
         assert message in str(info.value)
 
 
-def test_a_joint_with_no_channels_and_six_channel_joints_are_read() -> None:
-    read = parse_bvh(BVH)
+def test_a_joint_with_no_channels_and_six_channel_joints_are_read(bvh_path: Path) -> None:
+    read = parse_bvh(bvh_path)
     dofs = {j.name: j.dof for j in read.skeleton.joints}
     assert dofs["lhipjoint"] == () and dofs["root"] == ("tx", "ty", "tz", "rz", "ry", "rx")
     assert read.motion.values.shape == (128, 90)
@@ -223,8 +235,8 @@ def test_a_joint_with_no_channels_and_six_channel_joints_are_read() -> None:
 
 
 @pytest.fixture(scope="module")
-def bvh_original() -> tuple[bytes, np.ndarray]:
-    return BVH.read_bytes(), parse_bvh(BVH).motion.values
+def bvh_original(bvh_path: Path) -> tuple[bytes, np.ndarray]:
+    return bvh_path.read_bytes(), parse_bvh(bvh_path).motion.values
 
 
 bvh_mutation = st.one_of(
@@ -271,9 +283,10 @@ CLI_MUTATIONS = [("huge", (60000, 5), "1e300"), ("not_a_number", (40000, 3), "ab
 
 
 @pytest.mark.parametrize("op", CLI_MUTATIONS, ids=[op[0] for op in CLI_MUTATIONS])
-def test_prepare_refuses_a_mutated_bvh_with_exit_2_one_line_and_nothing_written(tmp_path, capsys, op) -> None:
+def test_prepare_refuses_a_mutated_bvh_with_exit_2_one_line_and_nothing_written(tmp_path, capsys, op,
+                                                                                reference_data) -> None:
     raw = tmp_path / "raw"
-    shutil.copytree(SHIPPED_DATA / "bvh", raw)
+    shutil.copytree(reference_data / "bvh", raw)
     target = raw / "09" / "09_03.bvh"
     target.write_bytes(mutate(target.read_bytes(), op)[0])
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -290,12 +303,12 @@ def test_prepare_refuses_a_mutated_bvh_with_exit_2_one_line_and_nothing_written(
 # --------------------------------------------------------------------------- bvhio (measurement)
 
 
-def test_positions_agree_with_bvhio_where_it_is_installed() -> None:
+def test_positions_agree_with_bvhio_where_it_is_installed(bvh_path: Path) -> None:
     """bvhio (MIT, PyPI) is not a dependency; where it is installed it is an independent parse."""
     bvhio = pytest.importorskip("bvhio")
-    read = parse_bvh(BVH)
+    read = parse_bvh(bvh_path)
     ours = bvh_forward_kinematics(read.skeleton, read.motion.values)
-    root = bvhio.readAsHierarchy(str(BVH))
+    root = bvhio.readAsHierarchy(str(bvh_path))
     layout = [j for j, _, _ in root.layout()]
     pick = [read.skeleton.joint_names.index(j.Name) for j in layout]
     for k in (0, 37, 127):
@@ -304,9 +317,9 @@ def test_positions_agree_with_bvhio_where_it_is_installed() -> None:
         np.testing.assert_allclose(ours[k, pick], theirs, atol=1e-4)  # bvhio computes in float32
 
 
-def test_trials_with_different_channel_layouts_are_refused_as_for_amc(tmp_path) -> None:
+def test_trials_with_different_channel_layouts_are_refused_as_for_amc(tmp_path, reference_data) -> None:
     raw = tmp_path / "raw" / "09"
-    shutil.copytree(SHIPPED_DATA / "bvh" / "09", raw)
+    shutil.copytree(reference_data / "bvh" / "09", raw)
     other = raw / "09_08.bvh"
     other.write_text(other.read_text().replace("CHANNELS 3 Zrotation Yrotation Xrotation", "CHANNELS 3 Xrotation Yrotation Zrotation", 1))
     with pytest.raises(MocapFormatError, match="degrees of freedom differ from .*09_03.bvh; one data set needs one channel layout") as info:

@@ -19,7 +19,7 @@ import pytest
 import torch
 import yaml
 
-from builders import ROOT, fresh_model, make_run, synthetic_group, tiny_params, write_params
+from builders import fresh_model, make_run, synthetic_group, tiny_params, write_params
 from pipelines.checkpoint import load_payload
 from pipelines.cli import main
 from pipelines.errors import NonFiniteTrainingError
@@ -198,10 +198,10 @@ def test_a_second_training_of_the_same_model_is_refused_naming_the_first_ones_pi
     assert not (tmp_path / "ck-a" / ".train.pid").exists()
 
 
-def test_prepare_refuses_a_malformed_amc_with_exit_2_and_no_output(tmp_path, capsys):
+def test_prepare_refuses_a_malformed_amc_with_exit_2_and_no_output(tmp_path, capsys, cmu_reference):
     src = tmp_path / "raw" / "07"
     src.mkdir(parents=True)
-    asf = ROOT / "tests" / "data" / "cmu" / "07" / "07.asf"  # shipped with the tests
+    asf = cmu_reference / "07" / "07.asf"
     (src / "07.asf").write_bytes(asf.read_bytes())
     (src / "07_01.amc").write_text(":FULLY-SPECIFIED\n:DEGREES\n1\nroot 0 0 0 0 0 0\nlowerback 1 2\n")
     params = write_params(tmp_path / "params.yaml")

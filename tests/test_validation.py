@@ -77,7 +77,7 @@ def test_diagnostics_and_the_warm_up_only_line() -> None:
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_kappa_auto_keeps_the_constraint_reachable_and_trains_the_prior(tmp_path: Path, cmu_reference: Path,
                                                                        seed: int) -> None:
-    # Real CMU trials shipped with the tests, prepared with params.yaml's prepare_mocap (val held
+    # Real CMU trials of the shared reference set, prepared with params.yaml's prepare_mocap (val held
     # out), trained with params.yaml's train section (calibrated sigma, kappa: auto) for a short
     # run: every seed chooses kappa^2 above C_ae, meets it, and trains the prior.
     from pipelines.train.flow import train_one
