@@ -76,5 +76,3 @@ def skeleton_edges(attrs: Mapping[str, Any]) -> list[tuple[int, int]]:
     """(parent joint, child joint) index pairs into the positions' joint axis."""
     return [tuple(e) for e in attrs["skeleton"]["edges"]]
 
-
-SKELETON_EDGES = skeleton_edges  # the name used in the interface contract

@@ -155,11 +155,6 @@ def _figure_rows(dataset: str, models: list[str], eval_root: Path, out: Path) ->
     return parts
 
 
-def not_evaluated(compare: tuple[str, ...], metrics: dict[str, dict[str, Any]]) -> list[str]:
-    """The ``report.compare`` entries that no data set has an evaluation of (a typo, or a model not trained)."""
-    return [m for m in compare if not any(m in cells for cells in metrics.values())]
-
-
 def _render(eval_root: Path, models_root: Path, out: Path, params: ReportParams) -> None:
     metrics: dict[str, dict[str, dict[str, Any]]] = {}
     if eval_root.is_dir():
@@ -179,10 +174,12 @@ def _render(eval_root: Path, models_root: Path, out: Path, params: ReportParams)
                 curves.setdefault(path.parent.parent.name, {})[path.parent.name] = table
 
     body: list[str] = [f"<h1>{html.escape(params.title)}</h1>"]
-    unevaluated = not_evaluated(params.compare, metrics)
+    # a report.compare entry no data set has (a typo, or a model not trained) is said, not refused
+    evaluated_anywhere = sorted({m for cells in metrics.values() for m in cells})
+    unevaluated = [m for m in params.compare if m not in evaluated_anywhere]
     if unevaluated and metrics:
         line = (f"report.compare: {', '.join(unevaluated)} has no evaluation under {eval_root} "
-                f"(evaluated: {', '.join(sorted({m for cells in metrics.values() for m in cells})) or 'none'}); left out")
+                f"(evaluated: {', '.join(evaluated_anywhere)}); left out")
         print(line, file=sys.stderr)
         body.append(f'<p class="warning">{html.escape(line)}</p>')
     datasets = sorted(set(metrics) | set(curves))
